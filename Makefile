@@ -1,0 +1,33 @@
+# Every target runs with the project's own virtualenv in .venv (created by `make install`).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install test test-slow test-all lint smoke bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+# Fast suite (default markers exclude slow, dist and gpu).
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+# Slow and multi-process tests; CI runs these too.
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m 'slow or dist' || [ $$? -eq 5 ]
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q -m ''
+
+lint: $(STAMP)
+	$(PY) -m ruff check mmbert_train data_prep tests bench train.py
+	$(PY) -m ruff format --check mmbert_train data_prep tests bench train.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,1 @@
+"""Data preparation: raw multilingual text -> tokenizer -> tokenized MDS shards + manifest."""
