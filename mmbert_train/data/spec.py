@@ -1,0 +1,100 @@
+"""The `data:` section of a training recipe, as dataclasses.
+
+These are pure schema (no I/O): `mmbert_train.schema.from_dict` validates a recipe's ``data:`` mapping into
+:class:`DataConfig` without touching any data. Checking the recipe against the data on disk (languages present,
+source folders, shares) is a separate step, done by `mmbert_train.data.sampling` before training or planning.
+
+A phase reads ``root/manifest.json`` (written by ``mmbert prep tokenize`` or ``mmbert prep stats``) and the MDS
+folders ``root/<source>/<language>/`` it lists. Token shares of the phase:
+
+* each **fixed** source gets ``share`` of the phase's tokens (e.g. DCLM English 0.302, StarCoder code 0.051);
+* the **multilingual** sources share the rest, ``1 - sum(fixed shares)``, split across the phase's language set
+  by temperature sampling over available tokens (``p_i ∝ n_i^tau``); ids served by a fixed source (``eng``,
+  ``code``) are left out of that split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass
+class SourceConfig:
+    """One source folder under the data root (``root/<name>/<language>/``)."""
+
+    name: str
+    kind: Literal["multilingual", "fixed"] = "multilingual"
+    # fixed sources: share of the phase's TOKENS (not samples), in (0, 1)
+    share: float | None = None
+    # language folders of this source to read; None = all folders the manifest lists for it
+    # (fixed sources typically name one, e.g. ["eng"] for DCLM or ["code"] for StarCoder)
+    languages: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind == "fixed" and (self.share is None or not 0.0 < self.share < 1.0):
+            raise ValueError(
+                f"source {self.name!r}: a fixed source needs a share in (0, 1), got {self.share}"
+            )
+        if self.kind == "multilingual" and self.share is not None:
+            raise ValueError(
+                f"source {self.name!r}: a multilingual source takes no share (it splits what the fixed "
+                "sources leave, by tau)"
+            )
+
+
+@dataclass
+class BatchWarmupConfig:
+    """Linear batch-size warmup (pre-training only in the paper: 48 -> 4608 sequences over 60B tokens).
+
+    ``batch(t) = start + (full - start) * min(1, t / tokens)`` sequences after ``t`` training tokens, rounded
+    down to a multiple of the number of ranks; ``tokens = 0`` disables it.
+    """
+
+    start_batch_size: int = 0
+    tokens: int = 0
+
+
+@dataclass
+class EvalDataConfig:
+    """Held-out evaluation: read from ``root/<source>/<language>/heldout/`` at a FIXED mask ratio and seed so
+    that numbers are comparable across phases whose training mask ratios differ."""
+
+    # languages to report one by one: a list of ids, a language-list file, or None for every phase language
+    languages: list[str] | str | None = None
+    # named groups reported as aggregates, e.g. {pretrain: languages/phase1_pretrain.txt, ...}
+    groups: dict[str, list[str] | str] = field(default_factory=dict)
+    mask_ratio: float = 0.15
+    seed: int = 1234
+    max_seq_len: int | None = None  # None = the phase's max_seq_len
+    max_samples_per_language: int = 64
+    batch_size: int = 16
+
+
+@dataclass
+class DataConfig:
+    """Everything the phase dataloader needs to know."""
+
+    root: str  # local MDS root holding manifest.json
+    languages: list[str] | str  # the phase's language set: a list of ids or a file with one id per line
+    tau: float  # sampling temperature in (0, 1]
+    sources: list[SourceConfig]
+    max_seq_len: int  # packed row length (the phase's sequence length)
+    mask_ratio: float  # MLM mask ratio at the start of the phase
+    mask_ratio_end: float | None = None  # linear schedule to this ratio at phase end; None = constant
+    remote: str | None = None  # optional remote root (s3://, gs://, ...); `root` is then the local cache
+    batch_warmup: BatchWarmupConfig = field(default_factory=BatchWarmupConfig)
+    shuffle: bool = True
+    shuffle_seed: int = 21
+    num_workers: int = 2
+    eval: EvalDataConfig = field(default_factory=EvalDataConfig)
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.tau <= 1.0:
+            raise ValueError(f"data.tau must be in (0, 1], got {self.tau}")
+        for name in ("mask_ratio", "mask_ratio_end"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 < value < 1.0:
+                raise ValueError(f"data.{name} must be in (0, 1), got {value}")
+        if self.max_seq_len < 2:
+            raise ValueError(f"data.max_seq_len must be at least 2, got {self.max_seq_len}")
