@@ -1,0 +1,22 @@
+"""The mmBERT / ModernBERT encoder: config + presets, the model, attention backends and checkpoint I/O.
+
+Public API (Contract 1 in docs/architecture.md)::
+
+    from mmbert_train.model import ModelConfig, MMBertForMaskedLM, load_pretrained, save_pretrained
+"""
+
+from __future__ import annotations
+
+from .config import ModelConfig
+from .modeling import MaskedLMOutput, MMBertForMaskedLM
+
+__all__ = ["ModelConfig", "MMBertForMaskedLM", "MaskedLMOutput", "load_pretrained", "save_pretrained"]
+
+
+def __getattr__(name: str):
+    # Checkpoint I/O pulls in safetensors/transformers helpers; import it on first use only.
+    if name in ("load_pretrained", "save_pretrained"):
+        from . import checkpoints
+
+        return getattr(checkpoints, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
