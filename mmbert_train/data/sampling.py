@@ -1,0 +1,465 @@
+"""Temperature sampling over a phase's language set, and the phase's Streaming streams.
+
+Public API (stable; the loader and the planner build on it)::
+
+    plan = build_phase_plan(data_cfg, manifest=None, recipe_dir=None)   # validates recipe against the data
+    streams = plan.streams()                     # list[streaming.Stream] with sample `proportion`s
+    dataset = StreamingDataset(streams=streams, epoch_size=plan.samples_for_tokens(phase_tokens), ...)
+
+How a phase's TOKENS are shared (mmBERT, RECIPE.md "Temperature sampling"):
+
+1. Each **fixed** source ``s`` (e.g. DCLM English, StarCoder code) gets its ``share`` f_s of the phase's tokens.
+2. The **multilingual** sources share ``M = 1 - sum_s f_s``. Their language folders are grouped by language
+   (``rus_Cyrl`` counts toward ``rus``); ids served by a fixed source (``eng``, ``code``) are left out, so nothing
+   is counted twice. With n_i the available tokens of language i (summed over multilingual sources) and
+   N = sum_j n_j over the phase's language set, language i gets ``M * p_i`` where
+
+       p_i = (n_i / N)^tau / sum_j (n_j / N)^tau            (:func:`temperature_proportions`)
+
+   tau = 1 is the natural distribution; smaller tau is flatter (tau -> 0 is uniform).
+3. A language (or fixed source) read from several folders splits its share among them by their tokens.
+
+Streaming's ``Stream(proportion=...)`` is a share of SAMPLES, not tokens. Stream s with token share t_s and
+k_s = tokens_s / samples_s tokens per sample (from the manifest) gets the sample proportion
+
+       q_s = (t_s / k_s) / sum_j (t_j / k_j)
+
+so that the expected tokens delivered, q_s * k_s / sum_j q_j * k_j, equal t_s again.
+
+Before any training, :func:`build_phase_plan` checks the recipe against the data and raises
+:class:`DataValidationError` naming the item: a language of the set with no data under any source, a source (or a
+source's language folder) that does not exist, fixed shares that leave nothing (sum >= 1) or a multilingual share
+with no multilingual source, tau outside (0, 1]. Languages with data but absent from the set are ignored and
+listed in :attr:`PhasePlan.skipped` (the planner reports them).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import posixpath
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from mmbert_train.data.languages import LanguageSetError, normalize_language, resolve_language_set
+
+if TYPE_CHECKING:
+    from streaming import Stream
+
+    from mmbert_train.data.spec import DataConfig
+
+MANIFEST_NAME = "manifest.json"
+
+
+class DataValidationError(ValueError):
+    """The recipe's data section does not fit the data on disk; the message names the item."""
+
+
+# ------------------------------------------------------------------------------------------- the formula
+
+
+def check_tau(tau: float, where: str = "tau") -> float:
+    """Return ``tau`` if it is a number in (0, 1], else raise :class:`DataValidationError` naming ``where``."""
+    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not 0.0 < tau <= 1.0 or math.isnan(tau):
+        raise DataValidationError(f"{where} must be in (0, 1], got {tau!r}")
+    return float(tau)
+
+
+def temperature_proportions(token_counts: Mapping[str, int], tau: float) -> dict[str, float]:
+    """Temperature-sampling shares of languages with ``token_counts`` available tokens.
+
+        p_i = (n_i / N)^tau / sum_j (n_j / N)^tau,   N = sum_j n_j
+
+    Languages with zero tokens get 0. tau = 1 gives the natural distribution n_i / N; as tau -> 0 every
+    language with data tends to the same share. Computed in log space so that 1833 languages spanning ten
+    orders of magnitude keep full double precision.
+    """
+    tau = check_tau(tau)
+    for name, n in token_counts.items():
+        if isinstance(n, bool) or not isinstance(n, (int, float)) or n < 0 or math.isnan(n):
+            raise DataValidationError(f"token count of {name!r} must be a non-negative number, got {n!r}")
+    total = float(sum(token_counts.values()))
+    if total <= 0:
+        raise DataValidationError("temperature_proportions: every token count is zero")
+    logs = {k: tau * math.log(n / total) for k, n in token_counts.items() if n > 0}
+    top = max(logs.values())
+    weights = {k: math.exp(v - top) for k, v in logs.items()}
+    norm = math.fsum(weights.values())
+    return {k: weights[k] / norm if k in weights else 0.0 for k in token_counts}
+
+
+def token_to_sample_proportions(
+    token_shares: Sequence[float], tokens_per_sample: Sequence[float]
+) -> list[float]:
+    """Streaming sample proportions that deliver ``token_shares``: q_s = (t_s / k_s) / sum_j (t_j / k_j)."""
+    if len(token_shares) != len(tokens_per_sample):
+        raise ValueError("token_shares and tokens_per_sample differ in length")
+    for k in tokens_per_sample:
+        if not k > 0:
+            raise ValueError(f"tokens per sample must be positive, got {k}")
+    raw = [t / k for t, k in zip(token_shares, tokens_per_sample)]
+    norm = math.fsum(raw)
+    if norm <= 0:
+        raise ValueError("every token share is zero")
+    return [r / norm for r in raw]
+
+
+# ------------------------------------------------------------------------------------------- manifest
+
+
+def load_manifest(path: str | os.PathLike) -> dict:
+    """Read ``manifest.json`` (``path`` is the file or the MDS root holding it), checked by data_prep if present."""
+    try:  # the data-prep engineer's reader checks the full schema (Contract 2)
+        from data_prep.manifest import load_manifest as _load
+    except ImportError:  # pragma: no cover - data_prep not installed: a minimal reader
+        _load = None
+    if _load is not None:
+        try:
+            return _load(path)
+        except ValueError as err:
+            raise DataValidationError(str(err)) from None
+    path = Path(path)
+    if path.is_dir():
+        path = path / MANIFEST_NAME
+    try:
+        with open(path, encoding="utf-8") as f:
+            manifest = json.load(f)
+    except FileNotFoundError:
+        raise DataValidationError(f"{path}: no manifest here; run `mmbert prep tokenize`") from None
+    except json.JSONDecodeError as err:
+        raise DataValidationError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("sources"), dict):
+        raise DataValidationError(f"{path}: expected an object with 'sources'")
+    return manifest
+
+
+# ------------------------------------------------------------------------------------------- the plan
+
+
+@dataclass(frozen=True)
+class StreamPlan:
+    """One MDS folder ``<root>/<source>/<folder>/`` read in the phase."""
+
+    source: str
+    folder: str  # folder name under the source, as on disk (``rus_Cyrl``)
+    language: str  # the language it counts toward (``rus``)
+    kind: Literal["multilingual", "fixed"]
+    tokens: int  # available training tokens (manifest)
+    samples: int  # training samples (manifest)
+    token_share: float  # share of the phase's tokens
+    proportion: float  # Streaming's `proportion`: share of the phase's samples
+
+    @property
+    def tokens_per_sample(self) -> float:
+        return self.tokens / self.samples
+
+
+@dataclass(frozen=True)
+class SkippedFolder:
+    """Data in the manifest that the phase does not read, and why (the planner reports these)."""
+
+    source: str
+    folder: str
+    language: str
+    tokens: int
+    reason: str
+
+
+@dataclass
+class PhasePlan:
+    """What a phase reads: one :class:`StreamPlan` per MDS folder, with token shares and sample proportions."""
+
+    root: str
+    remote: str | None
+    tau: float
+    languages: list[str]  # the phase's language set (normalized ids)
+    fixed_shares: dict[str, float]  # fixed source -> share of the phase's tokens
+    fixed_languages: list[str]  # ids served by fixed sources (kept out of the tau split)
+    language_tokens: dict[str, int]  # tau-split language -> available tokens (all multilingual sources)
+    language_shares: dict[str, float]  # tau-split language -> share of the phase's tokens
+    entries: list[StreamPlan]
+    skipped: list[SkippedFolder] = field(default_factory=list)
+
+    @property
+    def multilingual_share(self) -> float:
+        return 1.0 - math.fsum(self.fixed_shares.values())
+
+    @property
+    def fixed_tokens(self) -> dict[str, int]:
+        """Fixed source -> available tokens over the folders it reads."""
+        out: dict[str, int] = {}
+        for e in self.entries:
+            if e.kind == "fixed":
+                out[e.source] = out.get(e.source, 0) + e.tokens
+        return out
+
+    @property
+    def ignored_languages(self) -> dict[str, int]:
+        """Languages with data that the phase's language set leaves out -> their tokens."""
+        out: dict[str, int] = {}
+        for s in self.skipped:
+            if s.reason == NOT_IN_SET:
+                out[s.language] = out.get(s.language, 0) + s.tokens
+        return dict(sorted(out.items()))
+
+    @property
+    def mean_tokens_per_sample(self) -> float:
+        """Expected tokens per sample drawn from the mixture: sum_s q_s * k_s."""
+        return math.fsum(e.proportion * e.tokens_per_sample for e in self.entries)
+
+    def samples_for_tokens(self, tokens: int) -> int:
+        """Samples to draw (Streaming's ``epoch_size``) for about ``tokens`` tokens of raw (unpacked) data."""
+        return max(1, math.ceil(tokens / self.mean_tokens_per_sample))
+
+    def local_path(self, entry: StreamPlan) -> str:
+        return os.path.join(self.root, entry.source, entry.folder)
+
+    def streams(
+        self, *, remote: str | None = None, local: str | None = None, **stream_kwargs: Any
+    ) -> list[Stream]:
+        """One ``streaming.Stream`` per entry, with its sample ``proportion``.
+
+        ``local`` / ``remote`` replace the plan's root / remote (e.g. a per-node cache); ``stream_kwargs`` go to
+        every ``Stream`` (``download_retry``, ``keep_zip``, ...).
+        """
+        from streaming import Stream
+
+        local_root = self.root if local is None else local
+        remote_root = self.remote if remote is None else remote
+        return [
+            Stream(
+                local=os.path.join(local_root, e.source, e.folder),
+                remote=posixpath.join(remote_root, e.source, e.folder) if remote_root else None,
+                proportion=e.proportion,
+                **stream_kwargs,
+            )
+            for e in self.entries
+        ]
+
+
+NOT_IN_SET = "not in the phase's language set"
+SERVED_BY_FIXED = "served by a fixed-share source"
+NOT_SELECTED = "not in the source's `languages`"
+NO_TOKENS = "no training tokens"
+
+
+def _folder_counts(manifest: Mapping, source: str, folder: str) -> tuple[int, int]:
+    counts = manifest["sources"][source][folder]
+    return int(counts.get("tokens", 0)), int(counts.get("samples", 0))
+
+
+def _list_items(items: Sequence[str], limit: int = 20) -> str:
+    shown = ", ".join(repr(x) for x in items[:limit])
+    return shown + (f", ... ({len(items)} in all)" if len(items) > limit else "")
+
+
+def build_phase_plan(
+    data_cfg: DataConfig,
+    manifest: Mapping | str | os.PathLike | None = None,
+    *,
+    recipe_dir: str | os.PathLike | None = None,
+    check_files: bool = True,
+) -> PhasePlan:
+    """Validate ``data_cfg`` against the data and return the phase's :class:`PhasePlan`.
+
+    ``manifest``: a manifest dict, a path to it, or None to read ``<data_cfg.root>/manifest.json``.
+    ``recipe_dir``: where to look first for a language file named by a relative path.
+    ``check_files``: also check that every folder read holds an MDS ``index.json`` (skipped when the recipe has a
+    ``remote``: the local root is then only a cache).
+    """
+    tau = check_tau(data_cfg.tau, "data.tau")
+    if manifest is None:
+        manifest = data_cfg.root
+    if not isinstance(manifest, Mapping):
+        manifest = load_manifest(manifest)
+    available: Mapping[str, Mapping] = manifest.get("sources", {})
+    try:
+        languages = resolve_language_set(data_cfg.languages, recipe_dir=recipe_dir, where="data.languages")
+    except LanguageSetError as err:
+        raise DataValidationError(str(err)) from None
+    language_set = set(languages)
+
+    # ---- sources: exist, names unique, shares add up
+    names = [s.name for s in data_cfg.sources]
+    for name in names:
+        if names.count(name) > 1:
+            raise DataValidationError(f"data.sources: source {name!r} is listed twice")
+        if name not in available:
+            raise DataValidationError(
+                f"data.sources: source {name!r} does not exist in the manifest (sources there: "
+                f"{_list_items(sorted(available))})"
+            )
+    fixed = [s for s in data_cfg.sources if s.kind == "fixed"]
+    multi = [s for s in data_cfg.sources if s.kind != "fixed"]
+    fixed_shares = {s.name: float(s.share) for s in fixed}
+    for name, share in fixed_shares.items():
+        if not 0.0 < share < 1.0:
+            raise DataValidationError(
+                f"data.sources: fixed source {name!r} needs a share in (0, 1), got {share}"
+            )
+    fixed_total = math.fsum(fixed_shares.values())
+    if fixed_total >= 1.0:
+        parts = " + ".join(f"{n} {s:g}" for n, s in fixed_shares.items())
+        raise DataValidationError(
+            f"data.sources: the fixed shares add up to {fixed_total:g} ({parts}); they must leave a share (< 1) "
+            "for the multilingual sources"
+        )
+    if not multi:
+        raise DataValidationError(
+            f"data.sources: no multilingual source to take the remaining share {1 - fixed_total:g} "
+            f"(fixed: {', '.join(fixed_shares) or 'none'}); add a source with kind: multilingual"
+        )
+
+    def selected_folders(source) -> tuple[list[str], list[str]]:
+        """(folders read, folders left out) of a source, honouring its `languages` filter."""
+        folders = sorted(available[source.name])
+        if source.languages is None:
+            return folders, []
+        try:
+            wanted = {
+                normalize_language(x, f"data.sources[{source.name}].languages") for x in source.languages
+            }
+        except LanguageSetError as err:
+            raise DataValidationError(str(err)) from None
+        have = {normalize_language(f, f"manifest sources.{source.name}") for f in folders}
+        missing = sorted(wanted - have)
+        if missing:
+            raise DataValidationError(
+                f"data.sources: source {source.name!r} has no folder for language {_list_items(missing)} "
+                f"(its folders: {_list_items(folders)})"
+            )
+        keep = [f for f in folders if normalize_language(f) in wanted]
+        return keep, [f for f in folders if f not in keep]
+
+    entries_raw: list[dict] = []  # filled with tokens/samples, shares later
+    skipped: list[SkippedFolder] = []
+
+    # ---- fixed sources: their ids stay out of the tau split
+    fixed_languages: set[str] = set()
+    for source in fixed:
+        keep, left = selected_folders(source)
+        for folder in left:
+            skipped.append(
+                SkippedFolder(
+                    source.name,
+                    folder,
+                    normalize_language(folder),
+                    _folder_counts(manifest, source.name, folder)[0],
+                    NOT_SELECTED,
+                )
+            )
+        rows = []
+        for folder in keep:
+            tokens, samples = _folder_counts(manifest, source.name, folder)
+            language = normalize_language(folder, f"manifest sources.{source.name}")
+            fixed_languages.add(language)
+            if tokens > 0 and samples > 0:
+                rows.append(
+                    dict(
+                        source=source.name,
+                        folder=folder,
+                        language=language,
+                        kind="fixed",
+                        tokens=tokens,
+                        samples=samples,
+                    )
+                )
+            else:
+                skipped.append(SkippedFolder(source.name, folder, language, tokens, NO_TOKENS))
+        if not rows:
+            raise DataValidationError(f"data.sources: fixed source {source.name!r} has no training tokens")
+        total = sum(r["tokens"] for r in rows)
+        for r in rows:
+            r["token_share"] = fixed_shares[source.name] * r["tokens"] / total
+        entries_raw += rows
+
+    # ---- multilingual sources: group folders by language
+    tau_languages = [x for x in languages if x not in fixed_languages]
+    if not tau_languages:
+        raise DataValidationError(
+            f"data.languages: every language of the set is served by a fixed source "
+            f"({_list_items(sorted(fixed_languages))}); nothing is left for the multilingual sources"
+        )
+    tau_set = set(tau_languages)
+    by_language: dict[str, list[dict]] = {x: [] for x in tau_languages}
+    for source in multi:
+        keep, left = selected_folders(source)
+        for folder in left:
+            skipped.append(
+                SkippedFolder(
+                    source.name,
+                    folder,
+                    normalize_language(folder),
+                    _folder_counts(manifest, source.name, folder)[0],
+                    NOT_SELECTED,
+                )
+            )
+        for folder in keep:
+            tokens, samples = _folder_counts(manifest, source.name, folder)
+            language = normalize_language(folder, f"manifest sources.{source.name}")
+            if language not in language_set:
+                skipped.append(SkippedFolder(source.name, folder, language, tokens, NOT_IN_SET))
+            elif language not in tau_set:
+                skipped.append(SkippedFolder(source.name, folder, language, tokens, SERVED_BY_FIXED))
+            elif tokens <= 0 or samples <= 0:
+                skipped.append(SkippedFolder(source.name, folder, language, tokens, NO_TOKENS))
+            else:
+                by_language[language].append(
+                    dict(
+                        source=source.name,
+                        folder=folder,
+                        language=language,
+                        kind="multilingual",
+                        tokens=tokens,
+                        samples=samples,
+                    )
+                )
+    empty = [x for x in tau_languages if not by_language[x]]
+    if empty:
+        raise DataValidationError(
+            f"data.languages: no data for language {_list_items(empty)} under the multilingual source(s) "
+            f"{', '.join(repr(s.name) for s in multi)}; remove it from the set or prepare its data"
+        )
+    language_tokens = {x: sum(r["tokens"] for r in by_language[x]) for x in tau_languages}
+    multilingual_share = 1.0 - fixed_total
+    p = temperature_proportions(language_tokens, tau)
+    language_shares = {x: multilingual_share * p[x] for x in tau_languages}
+    for x in tau_languages:
+        for r in by_language[x]:
+            r["token_share"] = language_shares[x] * r["tokens"] / language_tokens[x]
+        entries_raw += by_language[x]
+
+    # ---- files on disk
+    if check_files and not data_cfg.remote:
+        for source in data_cfg.sources:
+            if not os.path.isdir(os.path.join(data_cfg.root, source.name)):
+                raise DataValidationError(
+                    f"data.sources: source folder {os.path.join(data_cfg.root, source.name)} does not exist"
+                )
+        for r in entries_raw:
+            index = os.path.join(data_cfg.root, r["source"], r["folder"], "index.json")
+            if not os.path.isfile(index):
+                raise DataValidationError(
+                    f"data: folder {os.path.dirname(index)} (source {r['source']!r}, language {r['folder']!r}) "
+                    "is in the manifest but holds no MDS index.json"
+                )
+
+    proportions = token_to_sample_proportions(
+        [r["token_share"] for r in entries_raw], [r["tokens"] / r["samples"] for r in entries_raw]
+    )
+    entries = [StreamPlan(**r, proportion=q) for r, q in zip(entries_raw, proportions)]
+    return PhasePlan(
+        root=str(data_cfg.root),
+        remote=data_cfg.remote,
+        tau=tau,
+        languages=languages,
+        fixed_shares=fixed_shares,
+        fixed_languages=sorted(fixed_languages),
+        language_tokens=language_tokens,
+        language_shares=language_shares,
+        entries=entries,
+        skipped=skipped,
+    )
