@@ -1,0 +1,121 @@
+"""``MDS/manifest.json``: what a tokenized corpus holds, per (source, language).
+
+Schema (Contract 2 in docs/architecture.md)::
+
+    {"tokenizer": str, "max_seq_len": int,
+     "sources": {source: {language: {"documents": int, "samples": int, "tokens": int,
+                                     "skipped": int, "heldout_documents": int}}}}
+
+``documents`` counts every valid document, held-out ones included; ``samples`` and ``tokens`` count the training
+dataset only (bos/eos included), ``heldout_documents`` the documents written to ``<language>/heldout/``;
+``skipped`` counts records that were not documents (invalid JSON or UTF-8, missing field, empty text).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from data_prep.languages import LanguageNameError, check_language
+
+MANIFEST_NAME = "manifest.json"
+COUNT_KEYS = ("documents", "samples", "tokens", "skipped", "heldout_documents")
+
+
+class ManifestError(ValueError):
+    """A manifest that does not follow the schema; the message names the file and the key."""
+
+
+def empty_counts() -> dict[str, int]:
+    return dict.fromkeys(COUNT_KEYS, 0)
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write ``obj`` as JSON to a temporary name in the same folder, then rename: readers never see half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def make_manifest(tokenizer: str, max_seq_len: int, sources: dict[str, dict[str, dict[str, int]]]) -> dict:
+    """A manifest dict with sources and languages in sorted order."""
+    return {
+        "tokenizer": tokenizer,
+        "max_seq_len": int(max_seq_len),
+        "sources": {
+            source: {
+                language: {k: int(counts[k]) for k in COUNT_KEYS}
+                for language, counts in sorted(langs.items())
+            }
+            for source, langs in sorted(sources.items())
+        },
+    }
+
+
+def check_manifest(manifest: Any, where: str = "manifest") -> dict:
+    """Raise :class:`ManifestError` unless ``manifest`` follows the schema; return it unchanged."""
+
+    def fail(key: str, expected: str, value: Any) -> None:
+        raise ManifestError(f"{where}: {key} should be {expected}, got {value!r}")
+
+    if not isinstance(manifest, dict):
+        fail("the top level", "an object", type(manifest).__name__)
+    for key in ("tokenizer", "max_seq_len", "sources"):
+        if key not in manifest:
+            raise ManifestError(f"{where}: missing key {key!r} (expected tokenizer, max_seq_len, sources)")
+    if not isinstance(manifest["tokenizer"], str) or not manifest["tokenizer"]:
+        fail("'tokenizer'", "a non-empty string", manifest["tokenizer"])
+    max_len = manifest["max_seq_len"]
+    if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 3:
+        fail("'max_seq_len'", "an integer >= 3", max_len)
+    if not isinstance(manifest["sources"], dict):
+        fail("'sources'", "an object {source: {language: counts}}", manifest["sources"])
+    for source, languages in manifest["sources"].items():
+        if not isinstance(languages, dict):
+            fail(f"sources.{source}", "an object {language: counts}", languages)
+        for language, counts in languages.items():
+            key = f"sources.{source}.{language}"
+            try:
+                check_language(language)
+            except LanguageNameError as exc:
+                raise ManifestError(f"{where}: {key}: {exc}") from None
+            if not isinstance(counts, dict):
+                fail(key, "an object of counts", counts)
+            missing = [k for k in COUNT_KEYS if k not in counts]
+            if missing:
+                raise ManifestError(f"{where}: {key} is missing {', '.join(missing)}")
+            for k in COUNT_KEYS:
+                value = counts[k]
+                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                    fail(f"{key}.{k}", "a non-negative integer", value)
+            if counts["heldout_documents"] > counts["documents"]:
+                fail(
+                    f"{key}.heldout_documents",
+                    f"at most documents ({counts['documents']})",
+                    counts["heldout_documents"],
+                )
+    return manifest
+
+
+def load_manifest(path: str | os.PathLike) -> dict:
+    """Read and check a manifest; ``path`` is the ``manifest.json`` file or the MDS folder that holds it."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / MANIFEST_NAME
+    try:
+        with open(path, encoding="utf-8") as f:
+            manifest = json.load(f)
+    except FileNotFoundError:
+        raise ManifestError(
+            f"{path}: no manifest here; run `mmbert prep tokenize` or `mmbert prep stats`"
+        ) from None
+    except json.JSONDecodeError as exc:
+        raise ManifestError(f"{path}: not valid JSON ({exc})") from None
+    return check_manifest(manifest, str(path))

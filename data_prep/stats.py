@@ -1,0 +1,174 @@
+"""``mmbert prep stats MDS``: rebuild ``manifest.json`` from the MDS folders that are there.
+
+Works on our own output and on pre-tokenized data such as the published mmBERT shards, once they are laid out
+as ``MDS/<source>/<language>/`` (an ``index.json`` + shards; ``heldout/`` optional). The ``input_ids`` column may
+be an MDS ``ndarray`` of any integer dtype (uint16, int32, uint32, int64, ...) or raw ``bytes`` of 4-byte ids
+(int32 or uint32 - the same numbers for ids below 2**31).
+
+Counts: ``samples`` and ``tokens`` are always recounted from the shards. ``documents``, ``skipped`` and
+``heldout_documents`` come from ``done.json`` where ``mmbert prep tokenize`` wrote one; for foreign data, where
+document boundaries are unknown, every sample counts as one document, ``heldout_documents`` is the number of
+samples in ``heldout/`` and ``skipped`` is 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from data_prep.languages import check_language
+from data_prep.manifest import MANIFEST_NAME, empty_counts, make_manifest, write_json_atomic
+
+COLUMN = "input_ids"
+BYTES_ID_WIDTH = 4
+
+
+class StatsError(ValueError):
+    """An MDS folder that cannot be counted; the message names the file."""
+
+
+def _shard_bytes(folder: Path, shard: dict) -> bytes:
+    zip_data = shard.get("zip_data")
+    if zip_data:
+        from streaming.base.compression import decompress
+
+        path = folder / zip_data["basename"]
+        return decompress(shard["compression"], path.read_bytes())
+    return (folder / shard["raw_data"]["basename"]).read_bytes()
+
+
+def _as_ids(value, encoding: str, where: str) -> np.ndarray:
+    if isinstance(value, np.ndarray):
+        if not np.issubdtype(value.dtype, np.integer):
+            raise StatsError(f"{where}: column {COLUMN!r} holds {value.dtype} arrays, expected integer ids")
+        return value.reshape(-1)
+    if isinstance(value, bytes | bytearray | memoryview):
+        if len(value) % BYTES_ID_WIDTH:
+            raise StatsError(
+                f"{where}: a bytes sample of {len(value)} bytes is not a whole number of 4-byte ids"
+            )
+        return np.frombuffer(value, dtype="<u4")
+    raise StatsError(
+        f"{where}: column {COLUMN!r} has encoding {encoding!r}; expected ndarray of ints or bytes"
+    )
+
+
+def iter_input_ids(folder: str | Path) -> Iterator[np.ndarray]:
+    """Yield every sample's ``input_ids`` of the MDS dataset in ``folder`` (shard order), as 1-D integer arrays."""
+    from streaming.base.format.mds.reader import MDSReader
+
+    folder = Path(folder)
+    index_file = folder / "index.json"
+    try:
+        index = json.loads(index_file.read_text())
+    except FileNotFoundError:
+        raise StatsError(f"{index_file}: missing; not an MDS dataset") from None
+    except ValueError as exc:
+        raise StatsError(f"{index_file}: not valid JSON ({exc})") from None
+    for number, shard in enumerate(index.get("shards", [])):
+        where = f"{index_file} shard {number}"
+        if shard.get("format") != "mds":
+            raise StatsError(f"{where}: format {shard.get('format')!r}, only 'mds' is supported")
+        if COLUMN not in shard["column_names"]:
+            raise StatsError(f"{where}: no column {COLUMN!r} (columns: {', '.join(shard['column_names'])})")
+        encoding = shard["column_encodings"][shard["column_names"].index(COLUMN)]
+        reader = MDSReader.from_json(str(folder), None, shard)
+        data = _shard_bytes(folder, shard)
+        n = int(np.frombuffer(data, np.uint32, 1)[0])
+        offsets = np.frombuffer(data, np.uint32, n + 1, offset=4)
+        if n != shard["samples"]:
+            raise StatsError(f"{where}: holds {n} samples, index.json says {shard['samples']}")
+        for i in range(n):
+            sample = reader.decode_sample(data[offsets[i] : offsets[i + 1]])
+            yield _as_ids(sample[COLUMN], encoding, where)
+
+
+def count_dataset(folder: Path) -> tuple[int, int, int]:
+    """(samples, tokens, longest sample) of the MDS dataset in ``folder``."""
+    samples = tokens = longest = 0
+    for ids in iter_input_ids(folder):
+        samples += 1
+        tokens += len(ids)
+        longest = max(longest, len(ids))
+    return samples, tokens, longest
+
+
+def find_datasets(mds_dir: Path) -> list[tuple[str, str, Path]]:
+    """``(source, language, folder)`` for every ``MDS/<source>/<language>/index.json``; hidden folders ignored."""
+    found = []
+    for index_file in sorted(mds_dir.glob("*/*/index.json")):
+        folder = index_file.parent
+        source, language = folder.parent.name, folder.name
+        if source.startswith(".") or language.startswith("."):
+            continue
+        check_language(language, str(folder))
+        found.append((source, language, folder))
+    # finished groups of ours with no training samples have done.json but no index.json
+    for marker in sorted(mds_dir.glob("*/*/done.json")):
+        folder = marker.parent
+        if not (folder / "index.json").exists() and not folder.name.startswith("."):
+            found.append((folder.parent.name, check_language(folder.name, str(folder)), folder))
+    return sorted(found)
+
+
+def rebuild_manifest(
+    mds_dir: str | Path, tokenizer: str | None = None, max_seq_len: int | None = None
+) -> dict:
+    """Recount every dataset under ``mds_dir`` and write ``manifest.json``; returns the manifest."""
+    mds_dir = Path(mds_dir)
+    datasets = find_datasets(mds_dir)
+    if not datasets:
+        raise StatsError(f"{mds_dir}: no MDS/<source>/<language>/index.json found")
+    sources: dict = {}
+    tokenizers, lengths, longest = set(), set(), 0
+    for source, language, folder in datasets:
+        counts = empty_counts()
+        done_file = folder / "done.json"
+        done = json.loads(done_file.read_text()) if done_file.exists() else None
+        if (folder / "index.json").exists():
+            counts["samples"], counts["tokens"], long = count_dataset(folder)
+            longest = max(longest, long)
+        heldout_samples = (
+            count_dataset(folder / "heldout")[0] if (folder / "heldout" / "index.json").exists() else 0
+        )
+        if done is not None:
+            for key in ("documents", "skipped", "heldout_documents"):
+                counts[key] = done["counts"][key]
+            tokenizers.add(done["tokenizer"])
+            lengths.add(done["max_seq_len"])
+        else:
+            counts["documents"] = counts["samples"] + heldout_samples
+            counts["heldout_documents"] = heldout_samples
+        sources.setdefault(source, {})[language] = counts
+    if tokenizer is None:
+        if len(tokenizers) != 1:
+            found = ", ".join(sorted(tokenizers)) or "none recorded"
+            raise StatsError(f"{mds_dir}: pass --tokenizer (tokenizers recorded in done.json files: {found})")
+        tokenizer = tokenizers.pop()
+    if max_seq_len is None:
+        max_seq_len = lengths.pop() if len(lengths) == 1 else longest
+    manifest = make_manifest(tokenizer, max_seq_len, sources)
+    write_json_atomic(mds_dir / MANIFEST_NAME, manifest)
+    return manifest
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="mmbert prep stats",
+        description="Rebuild MDS/manifest.json by counting the MDS/<source>/<language>/ datasets there.",
+    )
+    parser.add_argument("mds", help="MDS folder (holds <source>/<language>/index.json)")
+    parser.add_argument("--tokenizer", help="tokenizer id/folder to record (default: from done.json files)")
+    parser.add_argument(
+        "--max-seq-len", type=int, help="record this (default: from done.json, else longest sample)"
+    )
+    args = parser.parse_args(argv)
+    manifest = rebuild_manifest(args.mds, args.tokenizer, args.max_seq_len)
+    n_groups = sum(len(langs) for langs in manifest["sources"].values())
+    tokens = sum(c["tokens"] for langs in manifest["sources"].values() for c in langs.values())
+    print(f"{n_groups} dataset(s), {tokens:,} tokens -> {Path(args.mds) / MANIFEST_NAME}")
+    return 0
