@@ -117,8 +117,8 @@ MIXED = {
 MIXED_SOURCES = [
     SourceConfig("fineweb2"),
     SourceConfig("hplt"),
-    SourceConfig("dclm", kind="fixed", share=0.3),
-    SourceConfig("starcoder", kind="fixed", share=0.05),
+    SourceConfig("dclm", kind="fixed", share=0.3, languages=["eng"]),
+    SourceConfig("starcoder", kind="fixed", share=0.05, languages=["code"]),
 ]
 
 
@@ -168,6 +168,20 @@ def test_phase_plan_splits_by_tau_and_converts_to_sample_proportions(tmp_path):
     assert plan.ignored_languages == {"xho": 50}
 
 
+def test_fixed_source_without_language_list_keeps_languages_in_the_split(tmp_path):
+    # MegaWika-like: a fixed share over all its folders, on top of the tau split, excluding nothing from it
+    manifest = manifest_of({**MIXED, "megawika": {"rus": (600, 6), "deu": (300, 3), "eng": (100, 1)}})
+    sources = [*MIXED_SOURCES, SourceConfig("megawika", kind="fixed", share=0.1)]
+    cfg = data_cfg(tmp_path, ["eng", "code", "rus", "deu", "fra"], sources, tau=0.5)
+    plan = build_phase_plan(cfg, manifest, check_files=False)
+    assert plan.fixed_languages == ["code", "eng"]
+    assert set(plan.language_shares) == {"rus", "deu", "fra"}
+    assert sum(plan.language_shares.values()) == pytest.approx(0.55)
+    mw = {e.folder: e.token_share for e in plan.entries if e.source == "megawika"}
+    assert mw == pytest.approx({"rus": 0.06, "deu": 0.03, "eng": 0.01})
+    assert plan.fixed_tokens == {"dclm": 30_000, "starcoder": 5_000, "megawika": 1_000}
+
+
 def test_streams_carry_paths_and_proportions(tmp_path):
     cfg = data_cfg(tmp_path, ["eng", "code", "rus", "deu", "fra"], MIXED_SOURCES)
     plan = build_phase_plan(cfg, manifest_of(MIXED), check_files=False)
@@ -183,7 +197,7 @@ def test_streams_carry_paths_and_proportions(tmp_path):
 def test_source_languages_filter_and_inline_script_ids(tmp_path):
     sources = [
         SourceConfig("fineweb2", languages=["rus", "deu"]),
-        SourceConfig("dclm", kind="fixed", share=0.5),
+        SourceConfig("dclm", kind="fixed", share=0.5, languages=["eng"]),
     ]
     cfg = data_cfg(tmp_path, ["rus_Cyrl", "deu"], sources, tau=1.0)
     plan = build_phase_plan(cfg, manifest_of(MIXED), check_files=False)
@@ -264,7 +278,7 @@ def _write_index(root: Path, manifest: dict) -> None:
         ),
         (
             ["eng"],
-            [SourceConfig("dclm", kind="fixed", share=0.3)],
+            [SourceConfig("dclm", kind="fixed", share=0.3, languages=["eng"])],
             r"no multilingual source to take the remaining share 0.7",
         ),
         (
@@ -357,8 +371,8 @@ def test_synthetic_manifest_with_all_published_ids(tmp_path):
     assert len(manifest["sources"]["fineweb2"]) == 1832
     sources = [
         SourceConfig("fineweb2"),
-        SourceConfig("dclm", kind="fixed", share=0.101),
-        SourceConfig("starcoder", kind="fixed", share=0.03),
+        SourceConfig("dclm", kind="fixed", share=0.101, languages=["eng"]),
+        SourceConfig("starcoder", kind="fixed", share=0.03, languages=["code"]),
     ]
     cfg = data_cfg(tmp_path, "languages/phase3_decay_all.txt", sources, tau=0.3)
     plan = build_phase_plan(cfg, manifest, check_files=False)

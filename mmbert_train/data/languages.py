@@ -87,15 +87,15 @@ def read_language_file(path: str | os.PathLike) -> list[str]:
 def find_language_file(name: str | os.PathLike, recipe_dir: str | os.PathLike | None = None) -> Path:
     """Locate a language file named in a recipe.
 
-    A relative name is tried against, in order: the recipe's folder, the working directory, and the
-    repository's ``recipes/`` folder (so ``languages/phase1_pretrain.txt`` works from any recipe that inherits it).
+    A relative name is tried against, in order: the recipe's folder, the working directory, the repository root
+    and its ``recipes/`` folder (so ``recipes/languages/phase1_pretrain.txt`` works from any working directory).
     """
     path = Path(name)
     if path.is_absolute():
         candidates = [path]
     else:
         bases = [Path(recipe_dir)] if recipe_dir is not None else []
-        bases += [Path.cwd(), RECIPES_DIR]
+        bases += [Path.cwd(), RECIPES_DIR.parent, RECIPES_DIR]
         candidates = [base / path for base in bases]
     for candidate in candidates:
         if candidate.is_file():

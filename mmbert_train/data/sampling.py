@@ -11,7 +11,9 @@ How a phase's TOKENS are shared (mmBERT, RECIPE.md "Temperature sampling"):
 1. Each **fixed** source ``s`` (e.g. DCLM English, StarCoder code) gets its ``share`` f_s of the phase's tokens.
 2. The **multilingual** sources share ``M = 1 - sum_s f_s``. Their language folders are grouped by language
    (``rus_Cyrl`` counts toward ``rus``); ids served by a fixed source (``eng``, ``code``) are left out, so nothing
-   is counted twice. With n_i the available tokens of language i (summed over multilingual sources) and
+   is counted twice. (A fixed source that names its ``languages`` serves them alone; one that reads all its
+   folders, like MegaWika, adds its share on top and takes no language out of the split.) With n_i the
+   available tokens of language i (summed over multilingual sources) and
    N = sum_j n_j over the phase's language set, language i gets ``M * p_i`` where
 
        p_i = (n_i / N)^tau / sum_j (n_j / N)^tau            (:func:`temperature_proportions`)
@@ -337,7 +339,9 @@ def build_phase_plan(
     entries_raw: list[dict] = []  # filled with tokens/samples, shares later
     skipped: list[SkippedFolder] = []
 
-    # ---- fixed sources: their ids stay out of the tau split
+    # ---- fixed sources. One that names its `languages` (DCLM: [eng], StarCoder: [code]) serves them alone: those
+    # ids stay out of the tau split. One that reads every folder it has (MegaWika) adds its share on top of the
+    # tau split and takes no language out of it.
     fixed_languages: set[str] = set()
     for source in fixed:
         keep, left = selected_folders(source)
@@ -355,7 +359,8 @@ def build_phase_plan(
         for folder in keep:
             tokens, samples = _folder_counts(manifest, source.name, folder)
             language = normalize_language(folder, f"manifest sources.{source.name}")
-            fixed_languages.add(language)
+            if source.languages is not None:
+                fixed_languages.add(language)
             if tokens > 0 and samples > 0:
                 rows.append(
                     dict(

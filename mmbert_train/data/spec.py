@@ -9,8 +9,10 @@ folders ``root/<source>/<language>/`` it lists. Token shares of the phase:
 
 * each **fixed** source gets ``share`` of the phase's tokens (e.g. DCLM English 0.302, StarCoder code 0.051);
 * the **multilingual** sources share the rest, ``1 - sum(fixed shares)``, split across the phase's language set
-  by temperature sampling over available tokens (``p_i ∝ n_i^tau``); ids served by a fixed source (``eng``,
-  ``code``) are left out of that split.
+  by temperature sampling over available tokens (``p_i ∝ n_i^tau``); ids served by a fixed source that names its
+  ``languages`` (``eng``, ``code``) are left out of that split.
+
+`mmbert_train.data.sampling.build_phase_plan` turns this section plus the manifest into streams.
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ class SourceConfig:
     kind: Literal["multilingual", "fixed"] = "multilingual"
     # fixed sources: share of the phase's TOKENS (not samples), in (0, 1)
     share: float | None = None
-    # language folders of this source to read; None = all folders the manifest lists for it
-    # (fixed sources typically name one, e.g. ["eng"] for DCLM or ["code"] for StarCoder)
+    # language folders of this source to read (``rus`` selects a ``rus_Cyrl`` folder); None = all folders the
+    # manifest lists for it. A fixed source that names its languages (["eng"] for DCLM, ["code"] for StarCoder)
+    # serves them alone: they stay out of the tau split. A fixed source without a list (MegaWika: all its
+    # languages) adds its share on top of the tau split and takes no language out of it.
     languages: list[str] | None = None
 
     def __post_init__(self) -> None:
