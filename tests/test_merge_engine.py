@@ -1,0 +1,185 @@
+"""`mmbert merge` on checkpoints on disk: the streaming engine, its inputs and outputs, errors, both CLI forms."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mmbert_train.merge import MergeError, linear_merge, main, merge_checkpoints, ties_merge
+from mmbert_train.merge.testing import (
+    random_state,
+    save_with_transformers,
+    write_dcp_checkpoint,
+    write_hf_dir,
+)
+from mmbert_train.model import ModelConfig
+
+CONFIG = ModelConfig.preset("tiny", vocab_size=320)
+
+
+@pytest.fixture(scope="module")
+def hf_dirs(tmp_path_factory):
+    """Four Hugging Face directories written by transformers: a base and three 'decay variants'."""
+    root = tmp_path_factory.mktemp("hf")
+    return [
+        save_with_transformers(root / name, CONFIG, seed)
+        for seed, name in enumerate(["ext", "eng", "cont", "all"])
+    ]
+
+
+def weights_of(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path / "model.safetensors"))
+
+
+def test_ties_of_transformers_dirs_equals_in_memory_ties_and_loads_in_transformers(hf_dirs, tmp_path):
+    from transformers import AutoModelForMaskedLM
+
+    base, *models = hf_dirs
+    out = merge_checkpoints(
+        method="ties", base=base, models=models, out=tmp_path / "merged", density=0.4,
+        weights=[1.0, 2.0, 1.0], scale=0.9, chunk_numel=1000, progress=False,
+    )  # fmt: skip
+    got = weights_of(out)
+    want = ties_merge(
+        weights_of(base), [weights_of(m) for m in models], density=0.4, weights=[1.0, 2.0, 1.0], scale=0.9
+    )
+    assert set(got) == set(want)
+    for key in want:
+        assert torch.equal(got[key], want[key]), key
+    model = AutoModelForMaskedLM.from_pretrained(str(out))
+    assert type(model).__name__ == "ModernBertForMaskedLM"
+    for key, value in model.state_dict().items():
+        expected = want["model.embeddings.tok_embeddings.weight" if key == "decoder.weight" else key]
+        assert torch.equal(value, expected), key
+    assert json.loads((out / "config.json").read_text())["hidden_size"] == CONFIG.hidden_size
+    record = json.loads((out / "merge.json").read_text())
+    assert record["method"] == "ties" and record["density"] == 0.4 and record["weights"] == [1.0, 2.0, 1.0]
+    assert not list(tmp_path.glob(".merged.tmp-*"))
+
+
+def test_linear_and_ema_merge_from_the_cli_with_globs(hf_dirs, tmp_path):
+    # checkpoints of one run, named as Composer names them; ba10 < ba20 < ba100 in training order
+    run = tmp_path / "run"
+    for name, src in zip(["ep0-ba100-rank0", "ep0-ba20-rank0", "ep0-ba10-rank0"], hf_dirs[1:]):
+        (run / name).mkdir(parents=True)
+        for f in src.iterdir():
+            (run / name / f.name).write_bytes(f.read_bytes())
+    out = tmp_path / "ema"
+    assert main(["--method", "ema", "--models", str(run / "ep*-ba*"), "--last", "2", "--beta", "0.5",
+                 "--out", str(out), "--no-progress"]) == 0  # fmt: skip
+    record = json.loads((out / "merge.json").read_text())
+    assert [Path(p).name for p in record["models"]] == ["ep0-ba20-rank0", "ep0-ba100-rank0"]
+    assert record["weights"] == pytest.approx([1 / 3, 2 / 3])
+    want = linear_merge([weights_of(hf_dirs[2]), weights_of(hf_dirs[1])], [1 / 3, 2 / 3])
+    got = weights_of(out)
+    for key in want:
+        assert torch.equal(got[key], want[key]), key
+
+    assert main(["--method", "linear", "--models", *map(str, hf_dirs[1:]), "--out", str(tmp_path / "avg"),
+                 "--no-progress"]) == 0  # fmt: skip
+    want = linear_merge([weights_of(d) for d in hf_dirs[1:]])
+    got = weights_of(tmp_path / "avg")
+    assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_recipe_form_with_overrides(hf_dirs, tmp_path):
+    base, *models = hf_dirs
+    recipe = tmp_path / "merge.yaml"
+    recipe.write_text(
+        f"method: ties\nbase: {base}\nmodels: [{', '.join(map(str, models))}]\n"
+        f"density: 0.5\nweights: [1.0, 1.0, 1.0]\nscale: 1.0\nout: {tmp_path / 'from_recipe'}\n"
+    )
+    assert main([str(recipe), "density=0.3", "dtype=bfloat16", "--no-progress"]) == 0
+    got = weights_of(tmp_path / "from_recipe")
+    want = ties_merge(weights_of(base), [weights_of(m) for m in models], density=0.3)
+    assert all(got[k].dtype == torch.bfloat16 and torch.equal(got[k], want[k].bfloat16()) for k in want)
+    assert json.loads((tmp_path / "from_recipe" / "merge.json").read_text())["recipe"]["density"] == 0.3
+    # a typo in the recipe is named with its closest match
+    assert main([str(recipe), "densty=0.3", "--no-progress"]) == 1
+
+
+def test_recipe_typo_error_message(hf_dirs, tmp_path, capsys):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text(f"method: ties\nbase: {hf_dirs[0]}\nmodels: [{hf_dirs[1]}]\nout: x\ndensty: 0.3\n")
+    assert main([str(recipe)]) == 1
+    err = capsys.readouterr().err
+    assert "densty" in err and "did you mean 'density'" in err
+
+
+def test_mixed_input_formats_dcp_and_bf16(tmp_path):
+    """A sharded (DCP) checkpoint, a bf16 safetensors directory and a float32 one merge together."""
+    states = [random_state(CONFIG, seed) for seed in range(3)]
+    dcp_dir = write_dcp_checkpoint(tmp_path / "ep0-ba10", CONFIG, states[0])
+    bf16 = write_hf_dir(tmp_path / "bf16", CONFIG, {k: v.bfloat16() for k, v in states[1].items()})
+    fp32 = write_hf_dir(tmp_path / "fp32", CONFIG, states[2])
+    out = merge_checkpoints(
+        method="ties", base=dcp_dir, models=[bf16, fp32], out=tmp_path / "m", progress=False
+    )
+    want = ties_merge(states[0], [{k: v.bfloat16() for k, v in states[1].items()}, states[2]], density=0.5)
+    got = weights_of(out)
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    # the config of a DCP base comes from the ModelConfigRecorder state
+    assert json.loads((out / "config.json").read_text())["vocab_size"] == CONFIG.vocab_size
+
+
+def test_bad_inputs_are_named(hf_dirs, tmp_path):
+    base, *models = hf_dirs
+    with pytest.raises(MergeError, match=r"models\[1\] not found: .*nowhere"):
+        merge_checkpoints(
+            method="ties", base=base, models=[models[0], tmp_path / "nowhere"], out=tmp_path / "o"
+        )
+
+    small_vocab = write_hf_dir(
+        tmp_path / "v", CONFIG, random_state(ModelConfig.preset("tiny", vocab_size=256), 0)
+    )
+    with pytest.raises(
+        MergeError, match=r"vocab sizes differ: tensor decoder.bias is \[320\] in base .* but \[256\]"
+    ):
+        merge_checkpoints(method="ties", base=base, models=[small_vocab], out=tmp_path / "o")
+
+    state = random_state(CONFIG, 0)
+    state["model.layers.1.mlp.Wo.weight"] = state["model.layers.1.mlp.Wo.weight"][:, :10].contiguous()
+    wrong = write_hf_dir(tmp_path / "w", CONFIG, state)
+    with pytest.raises(MergeError, match=r"shapes differ: tensor model.layers.1.mlp.Wo.weight is \[64, 96\] in "
+                       r"models\[0\] .* but \[64, 10\] in models\[1\] \(.*/w\)"):  # fmt: skip
+        merge_checkpoints(method="linear", models=[models[0], wrong], out=tmp_path / "o")
+
+    state = random_state(CONFIG, 0)
+    del state["head.norm.weight"]
+    fewer = write_hf_dir(tmp_path / "f", CONFIG, state)
+    with pytest.raises(
+        MergeError, match=r"models\[0\] \(.*/f\) does not have the same tensors: missing 1 .*head.norm"
+    ):
+        merge_checkpoints(method="ties", base=base, models=[fewer], out=tmp_path / "o")
+    assert not (tmp_path / "o").exists()
+
+    with pytest.raises(MergeError, match="TIES needs a base"):
+        merge_checkpoints(method="ties", models=models, out=tmp_path / "o")
+
+
+def test_output_is_atomic(hf_dirs, tmp_path, monkeypatch):
+    base, *models = hf_dirs
+    out = tmp_path / "merged"
+    out.mkdir()
+    (out / "keep.txt").write_text("old")
+    with pytest.raises(FileExistsError, match="already exists"):
+        merge_checkpoints(method="linear", models=models, out=out, progress=False)
+
+    import mmbert_train.merge.engine as engine
+
+    def broken(*args, **kwargs):
+        yield torch.zeros(3)
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(engine, "linear_chunks", broken)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        merge_checkpoints(method="linear", models=models, out=out, overwrite=True, progress=False)
+    assert (out / "keep.txt").read_text() == "old"  # the old output is untouched
+    assert [p.name for p in tmp_path.iterdir()] == ["merged"]  # no temporary directory left behind
+    monkeypatch.undo()
+    merge_checkpoints(method="linear", models=models, out=out, overwrite=True, progress=False)
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "merge.json", "model.safetensors"]
