@@ -8,9 +8,9 @@ local layers (``window_half >= 0``) query ``i`` also sees key ``j`` only iff ``|
 - ``flex``: PyTorch FlexAttention on the flat stream with a document (+ sliding-window) block mask; compiled on
   CUDA. On CPU it runs PyTorch's unfused reference implementation (correct, quadratic: tests only).
 - ``sdpa``: ``F.scaled_dot_product_attention`` on documents regathered into a ``(num_docs, length)`` rectangle;
-  local layers on long documents use block-local attention: the document is cut into blocks of ``w`` tokens and
-  each block attends only to itself and its two neighbours (``3w`` keys, ``|i - j| <= w`` masked inside), so the
-  cost grows linearly with length instead of quadratically.
+  local layers on long documents use block-local attention: with ``w = local_attention // 2`` the document is cut
+  into blocks of ``w`` tokens and each block attends only to itself and its two neighbours (``3w`` keys,
+  ``|i - j| <= w`` masked inside), so the cost grows linearly with length instead of quadratically.
 - ``eager``: an explicit ``softmax(q k^T / sqrt(d) + mask) v`` reference on the rectangle.
 """
 
@@ -90,7 +90,7 @@ def eager_attention(q, k, v, layout: TokenLayout, window_half: int, dropout_p: f
     mask = _dense_mask(layout, window_half)
     if mask is not None:
         scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    probs = torch.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32)).to(q.dtype)
     if dropout_p > 0.0:
         probs = F.dropout(probs, p=dropout_p)
     return _from_rectangle(layout, probs @ vr)
