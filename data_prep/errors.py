@@ -8,6 +8,7 @@ from data_prep.readers import RawInputError
 from data_prep.stats import StatsError
 from data_prep.tokenize import PrepError
 from data_prep.tokenizer import TokenizerError
+from data_prep.udhr import UdhrError
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
     LanguageNameError,
@@ -16,5 +17,6 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     PrepError,
     TokenizerError,
     StatsError,
+    UdhrError,
     FileExistsError,
 )
