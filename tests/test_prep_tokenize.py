@@ -360,3 +360,77 @@ def test_mds_column_is_uint32_ndarray(tmp_path, tokenizer_dir):
     first = ds[0]["input_ids"]
     assert first.dtype == np.uint32 and first[0] == BOS and first[-1] == EOS
     assert ds.num_samples == load_manifest(tmp_path / "mds")["sources"]["web"]["eng"]["samples"]
+
+
+def test_hf_dataset_saved_to_disk_and_parquet_shards(tmp_path, tokenizer_dir, hf_tokenizer):
+    import datasets
+
+    texts = [f"saved doc {i}" for i in range(6)]
+    datasets.Dataset.from_list([{"body": t} for t in texts]).save_to_disk(str(tmp_path / "saved"))
+    plans = tokmod.plan_hf(tokmod.HFSpec(str(tmp_path / "saved"), None, "train"), "saved", "eng")
+    run_tokenize(
+        plans, tmp_path / "mds", str(tokenizer_dir), text_field="body", heldout_fraction=0.0, progress=False
+    )
+    assert _docs(tmp_path / "mds" / "saved" / "eng", hf_tokenizer) == texts
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "pq").mkdir()
+    for i in range(3):  # three files -> three dataset shards -> three parts, merged in order
+        pq.write_table(pa.table({"text": texts[2 * i : 2 * i + 2]}), tmp_path / "pq" / f"train-{i}.parquet")
+    plans = tokmod.plan_hf(tokmod.HFSpec(str(tmp_path / "pq"), None, "train"), "pq", "eng")
+    assert len(plans[0].parts) == 3
+    run_tokenize(plans, tmp_path / "mds", str(tokenizer_dir), workers=2, heldout_fraction=0.0, progress=False)
+    assert _docs(tmp_path / "mds" / "pq" / "eng", hf_tokenizer) == texts
+    with pytest.raises(LanguageNameError):
+        tokmod.plan_hf(tokmod.HFSpec(str(tmp_path / "pq"), None, "train"), "pq", "english")
+
+
+@pytest.mark.slow
+def test_kill_9_midway_then_rerun_gives_the_same_shards(tmp_path, tokenizer_dir):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    raw = tmp_path / "raw"
+    for g in range(12):
+        for f in range(2):
+            docs = [
+                {"text": f"group {g} file {f} document {d} " + "lorem ipsum dolor " * 40} for d in range(1500)
+            ]
+            write_jsonl(raw / "web" / f"l{chr(97 + g)}x" / f"{f}.jsonl", docs)
+    argv = [
+        "tokenize",
+        "--input",
+        str(raw),
+        "--tokenizer",
+        str(tokenizer_dir),
+        "--workers",
+        "2",
+        "--no-progress",
+    ]
+    code = "import sys; from data_prep.cli import main; sys.exit(main(sys.argv[1:]))"
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    proc = subprocess.Popen([sys.executable, "-c", code, *argv, "--output", str(tmp_path / "mds")], env=env,
+                            start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(list((tmp_path / "mds" / "web").glob("*/done.json"))) < 3:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole process group: the main process and its workers
+    proc.wait()
+    finished = {p.parent.name for p in (tmp_path / "mds" / "web").glob("*/done.json")}
+    assert 3 <= len(finished) < 12, "kill landed outside the run; make the corpus bigger"
+    visible = {p.name for p in (tmp_path / "mds" / "web").iterdir() if not p.name.startswith(".")}
+    assert visible == finished  # every visible folder is a finished one
+    assert prep_main([*argv, "--output", str(tmp_path / "mds")]) == 0
+    assert prep_main([*argv, "--output", str(tmp_path / "ref")]) == 0
+    assert load_manifest(tmp_path / "mds") == load_manifest(tmp_path / "ref")
+    for lang in (tmp_path / "ref" / "web").iterdir():
+        got = shard_bytes(tmp_path / "mds" / "web" / lang.name)
+        ref = shard_bytes(lang)
+        assert {k: v for k, v in got.items() if k != "done.json"} == {
+            k: v for k, v in ref.items() if k != "done.json"
+        }
