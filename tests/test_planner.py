@@ -63,7 +63,7 @@ def test_epoch_warning_names_the_language(tmp_path, capsys):
     assert rc == 0
     # bbb gets 2400 / 4 = 600 tokens of its 100: 6 epochs
     captured = capsys.readouterr()
-    assert "warning: phase col: 1 item(s) repeat more than 5 epochs: bbb 6.0" in captured.err
+    assert "warning: phase col: 1 item(s) repeat more than 5 epochs: bbb 6" in captured.err
     assert "! over 5 epochs" in captured.out
 
 
@@ -94,6 +94,35 @@ def test_published_counts_round_trip_at_their_own_tau():
         assert row.share == pytest.approx(counts[row.item] / total, rel=1e-9)
     fixed = {r.item: r for r in table.rows if r.kind == "fixed"}
     assert set(fixed) == {"eng", "code"} and fixed["eng"].epochs is None
+
+
+def test_sampled_counts_that_do_not_follow_the_formula_are_flagged():
+    # spread over 8 orders of magnitude sampled at tau 0.3: inverted, the small one would hold ~1e-27 tokens
+    table = table_from_counts(
+        {"aaa": 10**9, "bbb": 10}, name="x", tau=0.3, counts_are="sampled", sampled_tau=0.3, fixed={}
+    )
+    assert any("1 language(s) with less than one available token" in note for note in table.notes)
+    ok = table_from_counts(
+        {"aaa": 10**9, "bbb": 10**7}, name="x", tau=0.3, counts_are="sampled", sampled_tau=0.7, fixed={}
+    )
+    assert not any("less than one" in note for note in ok.notes)
+
+
+def test_several_columns_one_series_each(tmp_path):
+    (tmp_path / "c.csv").write_text("language,p1,p2\naaa,900,300\nbbb,100,100\nccc,0,50\n")
+    out = tmp_path / "cols"
+    rc = mmbert(
+        ["plan", "--counts", str(tmp_path / "c.csv"), "--column", "p1", "p2", "--counts-are", "available",
+         "--tau", "0.5", "1.0", "--fixed", "none", "--phase-tokens", "1000", "--out", str(out)]
+    )  # fmt: skip
+    assert rc == 0
+    rows = read_rows(out.with_suffix(".csv"))
+    assert float(rows[("p1", "aaa")]["share"]) == pytest.approx(0.75)  # tau 0.5: 30 : 10
+    assert float(rows[("p2", "ccc")]["share"]) == pytest.approx(50 / 450)  # tau 1: natural
+    assert ("p1", "ccc") not in rows
+    bad = ["plan", "--counts", str(tmp_path / "c.csv"), "--column", "p1", "p2", "--counts-are", "available",
+           "--tau", "0.5", "0.4", "0.3", "--phase-tokens", "10"]  # fmt: skip
+    assert mmbert(bad) == 2
 
 
 def test_counts_errors_name_the_item(tmp_path):

@@ -9,6 +9,8 @@ a PNG plot (share vs available tokens, log-log, one series per phase) next to it
     mmbert plan recipes/base_pretrain.yaml recipes/base_midtrain.yaml     # one plot series per phase
     mmbert plan --counts recipes/languages/language_counts.csv --column pretrain \\
         --counts-are sampled --sampled-tau 0.7 --tau 0.7 0.5 0.3          # what tau does to the paper's data
+    mmbert plan --counts recipes/languages/language_counts.csv --column pretrain ext decay-all \\
+        --counts-are sampled --sampled-tau 0.7 0.5 0.3 --tau 0.7 0.5 0.3  # the paper's three phases
 
 With a recipe, shares come from `mmbert_train.data.sampling.build_phase_plan` (the same code the loader uses, with
 the same data validation) and the phase's tokens from ``trainer.max_duration`` (or ``--phase-tokens``).
@@ -222,6 +224,12 @@ def table_from_counts(
     ignored = {k: float(v) for k, v in sorted(counts.items()) if v > 0 and k not in in_set}
     notes = []
     if counts_are == "sampled":
+        below = sum(v < 1.0 for v in available.values())
+        if below:
+            notes.append(
+                f"the inversion leaves {below} language(s) with less than one available token: these counts were "
+                f"not drawn by tau-sampling at {sampled_tau:g} alone (caps, minimums); their epochs mean little"
+            )
         notes.append(
             f"available tokens inferred from counts sampled at tau {sampled_tau:g}: n_i = c * s_i^(1/{sampled_tau:g}), "
             f"c set so they add up to {sum(available.values()):.4g}; epochs are relative to that"
@@ -385,10 +393,15 @@ def _parser() -> argparse.ArgumentParser:
         "recipes", nargs="*", metavar="RECIPE|key=value", help="recipe YAMLs and overrides for all"
     )
     p.add_argument("--counts", metavar="FILE", help="per-language counts CSV (header: language,<column>,...)")
-    p.add_argument("--column", help="the counts column to read, e.g. pretrain, ext, decay-all")
+    p.add_argument("--column", nargs="+", help="counts column(s) to read, e.g. pretrain ext decay-all")
     p.add_argument("--counts-are", choices=("available", "sampled"), help="what the column holds")
-    p.add_argument("--sampled-tau", type=float, help="the tau the sampled counts were drawn at")
-    p.add_argument("--tau", type=float, nargs="+", help="tau(s) to plan with (counts mode; one series each)")
+    p.add_argument("--sampled-tau", type=float, nargs="+", help="the tau the sampled counts were drawn at")
+    p.add_argument(
+        "--tau",
+        type=float,
+        nargs="+",
+        help="tau(s) to plan with (counts mode: several taus for one column, or one per column)",
+    )
     p.add_argument("--languages", metavar="FILE", help="language set (counts mode; default: ids with counts)")
     p.add_argument(
         "--fixed",
@@ -406,6 +419,26 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _counts_jobs(
+    columns: Sequence[str], taus: Sequence[float], sampled_taus: Sequence[float] | None
+) -> list[tuple[str, float, float | None]]:
+    """(column, tau, sampled tau) per table: one column with several taus (what tau does to one phase), or
+    several columns (phases), each with its own tau and sampled tau (or one value for all)."""
+    sampled_taus = list(sampled_taus or [None])
+    if len(columns) == 1:
+        if len(sampled_taus) != 1:
+            raise DataValidationError("--sampled-tau: give one value for one --column")
+        return [(columns[0], tau, sampled_taus[0]) for tau in taus]
+    for flag, values in (("--tau", taus), ("--sampled-tau", sampled_taus)):
+        if len(values) not in (1, len(columns)):
+            raise DataValidationError(
+                f"{flag}: give one value, or one per --column ({len(columns)}), got {len(values)}"
+            )
+    taus = list(taus) * len(columns) if len(taus) == 1 else list(taus)
+    sampled_taus = sampled_taus * len(columns) if len(sampled_taus) == 1 else sampled_taus
+    return list(zip(columns, taus, sampled_taus))
+
+
 def build_tables(args: argparse.Namespace) -> list[PhaseTable]:
     recipes = [r for r in args.recipes if "=" not in r]
     overrides = [r for r in args.recipes if "=" in r]
@@ -415,24 +448,25 @@ def build_tables(args: argparse.Namespace) -> list[PhaseTable]:
         for flag in ("column", "counts_are", "tau"):
             if getattr(args, flag) is None:
                 raise DataValidationError(f"--counts needs --{flag.replace('_', '-')}")
-        counts = read_counts_csv(args.counts, args.column)
         languages = read_language_file(args.languages) if args.languages else None
         fixed = parse_fixed(args.fixed) if args.fixed else None
-        return [
-            table_from_counts(
-                counts,
-                name=f"{args.column}",
-                tau=tau,
-                counts_are=args.counts_are,
-                sampled_tau=args.sampled_tau,
-                languages=languages,
-                fixed=fixed,
-                phase_tokens=args.phase_tokens,
-                available_total=args.available_total,
-                where=f"{args.counts} column {args.column!r}",
+        tables = []
+        for column, tau, sampled_tau in _counts_jobs(args.column, args.tau, args.sampled_tau):
+            tables.append(
+                table_from_counts(
+                    read_counts_csv(args.counts, column),
+                    name=column,
+                    tau=tau,
+                    counts_are=args.counts_are,
+                    sampled_tau=sampled_tau,
+                    languages=languages,
+                    fixed=fixed,
+                    phase_tokens=args.phase_tokens,
+                    available_total=args.available_total,
+                    where=f"{args.counts} column {column!r}",
+                )
             )
-            for tau in args.tau
-        ]
+        return tables
     if not recipes:
         raise DataValidationError("give a recipe (mmbert plan recipes/base_pretrain.yaml) or --counts FILE")
     tables = []
@@ -469,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         over = t.over(args.max_epochs)
         if over:
-            shown = ", ".join(f"{r.item} {r.epochs:.1f}" for r in sorted(over, key=lambda r: -r.epochs)[:15])
+            shown = ", ".join(f"{r.item} {r.epochs:.4g}" for r in sorted(over, key=lambda r: -r.epochs)[:15])
             print(
                 f"warning: phase {t.name}: {len(over)} item(s) repeat more than {args.max_epochs:g} epochs: {shown}",
                 file=sys.stderr,
