@@ -33,14 +33,15 @@ def empty_counts() -> dict[str, int]:
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write ``obj`` as JSON to a temporary name in the same folder, then rename: readers never see half a file."""
+    """Write ``obj`` as JSON to a temporary name in the same folder, then rename: readers never see half a file.
+
+    No fsync: the rename protects against a killed process (the case we care about), not against power loss.
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(obj, f, indent=2, sort_keys=True)
         f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 

@@ -224,7 +224,8 @@ def tokenize_part(
                 queue.put((last_report[1], last_report[2]))
             last_report[:] = [now, 0, 0]
 
-    with _mds_writer(tmp / "train") as train, _mds_writer(tmp / HELDOUT_DIR) as heldout:
+    heldout = None  # most parts hold out nothing: open that writer on the first held-out document
+    with _mds_writer(tmp / "train") as train:
 
         def write_train(samples: list[np.ndarray]) -> None:
             for sample in samples:
@@ -233,7 +234,7 @@ def tokenize_part(
                 counts["tokens"] += len(sample)
 
         def flush(batch: list[tuple[str, float]]) -> None:
-            nonlocal candidate
+            nonlocal candidate, heldout
             batch_tokens = 0
             for (_, u), ids in zip(batch, _encode([text for text, _ in batch])):
                 samples = split_into_samples(np.asarray(ids, dtype=np.uint32), settings.max_seq_len, bos, eos)
@@ -241,6 +242,8 @@ def tokenize_part(
                 counts["documents"] += 1
                 if u < settings.heldout_fraction:
                     counts["heldout_documents"] += 1
+                    if heldout is None:
+                        heldout = _mds_writer(tmp / HELDOUT_DIR)
                     for sample in samples:
                         heldout.write({"input_ids": sample})
                 elif settings.heldout_fraction > 0 and (candidate is None or u < candidate[0]):
@@ -269,6 +272,8 @@ def tokenize_part(
                 batch = []
         if batch:
             flush(batch)
+        if heldout is not None:
+            heldout.finish()
     report(0, 0, force=True)
     if candidate is not None:
         result.candidate_u = candidate[0]

@@ -1,0 +1,142 @@
+"""Throughput and memory of `mmbert prep tokenize` against the raw `tokenizers` ceiling. Prints JSON.
+
+* ceiling: ``Tokenizer.encode_batch_fast`` of the same documents with ``RAYON_NUM_THREADS=workers`` (documents already
+  in memory, no I/O, no writing) - what the tokenizer alone can do with the same number of cores;
+* ours: ``run_tokenize(..., workers=workers)`` end to end (read files, hash, encode, split, write zstd MDS, merge,
+  manifest), content tokens (bos/eos not counted) per second of its own wall clock;
+* memory: peak PSS (proportional set size) of the whole process tree (main + workers) for a 1x corpus and a 4x corpus (4x the documents
+  per file), each run in a fresh subprocess.
+
+Targets (issue 3): ours >= 0.8x the ceiling; peak memory of the 4x corpus within 10% of the 1x.
+
+    .venv/bin/python bench/prep_throughput.py --workers 2 --docs-per-file 400
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from data_prep.testing import SAMPLE_TEXTS, make_tokenizer, write_jsonl  # noqa: E402
+
+FILES_PER_LANGUAGE = 2
+
+
+def make_corpus(root: Path, docs_per_file: int, seed: int = 0) -> Path:
+    """Synthetic multilingual corpus: documents of ~2,000 characters shuffled from each language's words."""
+    rng = random.Random(seed)
+    for language, texts in SAMPLE_TEXTS.items():
+        words = " ".join(texts).split()
+        for f in range(FILES_PER_LANGUAGE):
+            docs = []
+            for _ in range(docs_per_file):
+                n = rng.randint(150, 450)
+                docs.append({"text": " ".join(rng.choice(words) for _ in range(n))})
+            write_jsonl(root / "bench" / language / f"{f:03}.jsonl", docs)
+    return root
+
+
+CHILD_OURS = """
+import json, sys
+from data_prep.tokenize import plan_raw, run_tokenize
+raw, out, tok, workers = sys.argv[1:5]
+s = run_tokenize(plan_raw(raw), out, tok, workers=int(workers), heldout_fraction=0.0, progress=False,
+                 log=lambda _: None)
+print(json.dumps({"seconds": s.seconds, "tokens": s.tokens - 2 * s.samples, "documents": s.documents}))
+"""
+
+CHILD_CEILING = """
+import json, sys, time
+from pathlib import Path
+from tokenizers import Tokenizer
+from transformers import AutoTokenizer
+from data_prep.readers import read_documents
+raw, tok = sys.argv[1:3]
+backend = Tokenizer.from_str(AutoTokenizer.from_pretrained(tok).backend_tokenizer.to_str())
+backend.encode_special_tokens = True  # as tokenize does: "<mask>" in raw text is text
+encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
+texts = [t for p in sorted(Path(raw).glob("*/*/*.jsonl")) for _, t, _ in read_documents(p) if t]
+start = time.perf_counter()
+tokens = 0
+for i in range(0, len(texts), 1000):
+    tokens += sum(len(e.ids) for e in encode(texts[i:i + 1000], add_special_tokens=False))
+seconds = time.perf_counter() - start
+print(json.dumps({"seconds": seconds, "tokens": tokens, "documents": len(texts)}))
+"""
+
+
+def run_child(code: str, args: list[str], env: dict) -> tuple[dict, int]:
+    """Run a Python snippet, polling the peak PSS of it and its children; returns (its JSON, peak bytes)."""
+    import psutil
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, *args], stdout=subprocess.PIPE, env={**os.environ, **env}, cwd=ROOT
+    )
+    parent = psutil.Process(proc.pid)
+    peak = 0
+    while proc.poll() is None:
+        try:
+            # PSS, not RSS: forked workers share the parent's pages (torch, transformers); RSS would count
+            # them once per process.
+            procs = [parent, *parent.children(recursive=True)]
+            peak = max(peak, sum(p.memory_full_info().pss for p in procs))
+        except psutil.Error:
+            pass
+        time.sleep(0.02)
+    out, _ = proc.communicate()
+    if proc.returncode:
+        raise SystemExit(f"benchmark child failed with exit code {proc.returncode}")
+    return json.loads(out.decode().strip().splitlines()[-1]), peak
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--docs-per-file", type=int, default=400, help="documents per file of the 1x corpus")
+    args = parser.parse_args()
+    env = {"PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "true", "RAYON_NUM_THREADS": str(args.workers)}
+    with tempfile.TemporaryDirectory(prefix="prep-bench-") as tmp:
+        tmp = Path(tmp)
+        tok = make_tokenizer(tmp / "tok", vocab_size=2000)
+        raw1 = make_corpus(tmp / "raw1", args.docs_per_file)
+        raw4 = make_corpus(tmp / "raw4", 4 * args.docs_per_file)
+        ceiling, _ = run_child(CHILD_CEILING, [str(raw1), str(tok)], env)
+        ours1, peak1 = run_child(CHILD_OURS, [str(raw1), str(tmp / "mds1"), str(tok), str(args.workers)], env)
+        ours4, peak4 = run_child(CHILD_OURS, [str(raw4), str(tmp / "mds4"), str(tok), str(args.workers)], env)
+    assert ceiling["tokens"] == ours1["tokens"], (ceiling, ours1)
+    ceiling_rate = ceiling["tokens"] / ceiling["seconds"]
+    ours_rate = ours1["tokens"] / ours1["seconds"]
+    ours4_rate = ours4["tokens"] / ours4["seconds"]
+    print(
+        json.dumps(
+            {
+                "workers": args.workers,
+                "cpu_count": os.cpu_count(),
+                "corpus_1x": {"documents": ours1["documents"], "tokens": ours1["tokens"]},
+                "ceiling_encode_batch_tokens_per_s": round(ceiling_rate),
+                "ours_tokens_per_s_1x": round(ours_rate),
+                "ours_tokens_per_s_4x": round(ours4_rate),
+                "ratio_vs_ceiling_1x": round(ours_rate / ceiling_rate, 3),
+                "ratio_vs_ceiling_4x": round(ours4_rate / ceiling_rate, 3),
+                "peak_pss_mib_1x": round(peak1 / 2**20, 1),
+                "peak_pss_mib_4x": round(peak4 / 2**20, 1),
+                "peak_memory_ratio_4x_vs_1x": round(peak4 / peak1, 3),
+                "load_average_1min_at_end": round(os.getloadavg()[0], 2),
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
