@@ -138,6 +138,26 @@ def load_manifest(path: str | os.PathLike) -> dict:
     return manifest
 
 
+def fetch_manifest(remote: str, local_root: str | os.PathLike, timeout: float = 60.0) -> Path:
+    """Copy ``<remote>/manifest.json`` into ``<local_root>/`` unless it is there (any Streaming remote: s3://,
+    gs://, a path, ...). Written to a unique temporary name, then renamed: ranks fetching at once do not collide."""
+    local = Path(local_root) / MANIFEST_NAME
+    if local.is_file():
+        return local
+    from streaming.base.storage import CloudDownloader
+
+    local.parent.mkdir(parents=True, exist_ok=True)
+    tmp = local.with_name(f".{MANIFEST_NAME}.{os.getpid()}.part")
+    source = posixpath.join(remote, MANIFEST_NAME)
+    try:
+        CloudDownloader.direct_download(source, str(tmp), timeout)
+    except Exception as err:  # each cloud client raises its own error types
+        tmp.unlink(missing_ok=True)
+        raise DataValidationError(f"data.remote: cannot fetch {source}: {err}") from None
+    os.replace(tmp, local)
+    return local
+
+
 # ------------------------------------------------------------------------------------------- the plan
 
 
@@ -267,7 +287,8 @@ def build_phase_plan(
 ) -> PhasePlan:
     """Validate ``data_cfg`` against the data and return the phase's :class:`PhasePlan`.
 
-    ``manifest``: a manifest dict, a path to it, or None to read ``<data_cfg.root>/manifest.json``.
+    ``manifest``: a manifest dict, a path to it, or None to read ``<data_cfg.root>/manifest.json`` (fetched from
+    ``<data_cfg.remote>/manifest.json`` first when the recipe has a remote and the local copy is missing).
     ``recipe_dir``: where to look first for a language file named by a relative path.
     ``check_files``: also check that every folder read holds an MDS ``index.json`` (skipped when the recipe has a
     ``remote``: the local root is then only a cache).
@@ -275,6 +296,8 @@ def build_phase_plan(
     tau = check_tau(data_cfg.tau, "data.tau")
     if manifest is None:
         manifest = data_cfg.root
+        if data_cfg.remote:
+            fetch_manifest(data_cfg.remote, data_cfg.root)
     if not isinstance(manifest, Mapping):
         manifest = load_manifest(manifest)
     available: Mapping[str, Mapping] = manifest.get("sources", {})
