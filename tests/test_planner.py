@@ -238,3 +238,35 @@ def test_human_numbers():
 
     assert [human(x) for x in (2.3e12, 600e9, 4.7e6, 812, None)] == ["2.3T", "600B", "4.7M", "812", "-"]
     assert math.isclose(float(human(1234.0)[:-1]), 1.23)
+
+
+@pytest.mark.slow
+def test_plan_on_a_prepared_corpus(tmp_path, capsys):
+    """End to end on what `mmbert prep tokenize` writes: real MDS folders and manifest, script-suffixed folders."""
+    from data_prep.testing import make_mds
+
+    mds = make_mds(tmp_path / "corpus")
+    manifest = json.loads((mds / "manifest.json").read_text())
+    web = manifest["sources"]["web"]
+    recipe = RECIPE.format(name="prep", root=mds, tau=0.5, duration="5000tok")
+    recipe = recipe.replace("[aaa, bbb, eng]", "[rus, cmn, arb, hin, amh, ell, eng]").replace(
+        "    - {name: books, kind: fixed, share: 0.5, languages: [eng]}\n", ""
+    )
+    (tmp_path / "prep.yaml").write_text(recipe)
+    out = tmp_path / "prep_plan"
+    assert mmbert(["plan", str(tmp_path / "prep.yaml"), "--out", str(out)]) == 0
+    rows = read_rows(out.with_suffix(".csv"))
+    assert {item for _, item in rows} == {"rus", "cmn", "arb", "hin", "amh", "ell", "eng"}
+    assert float(rows[("prep", "rus")]["tokens_available"]) == web["rus_Cyrl"]["tokens"]
+    n = {
+        lang: web[folder]["tokens"]
+        for lang, folder in (("rus", "rus_Cyrl"), ("cmn", "cmn_Hani"), ("eng", "eng"))
+    }
+    n.update({x: web[x]["tokens"] for x in ("arb", "hin", "amh", "ell")})
+    norm = sum(v**0.5 for v in n.values())
+    for lang, tokens in n.items():
+        assert float(rows[("prep", lang)]["share"]) == pytest.approx(tokens**0.5 / norm, rel=1e-12)
+        assert float(rows[("prep", lang)]["epochs"]) == pytest.approx(
+            5000 * tokens**0.5 / norm / tokens, rel=1e-12
+        )
+    assert "ignored: code" in capsys.readouterr().out  # tha and code have data but are not in the set
