@@ -206,6 +206,18 @@ def test_source_languages_filter_and_inline_script_ids(tmp_path):
     assert {s.folder for s in plan.skipped if s.source == "fineweb2"} == {"fra", "xho", "eng"}
 
 
+def test_script_variants_of_one_language_share_its_share(tmp_path):
+    manifest = manifest_of({"web": {"srp_Cyrl": (300, 3), "srp_Latn": (100, 4), "deu": (400, 4)}})
+    plan = build_phase_plan(data_cfg(tmp_path, ["srp", "deu"], [SourceConfig("web")], tau=0.3), manifest,
+                            check_files=False)  # fmt: skip
+    assert plan.language_tokens == {"srp": 400, "deu": 400}
+    assert plan.language_shares == pytest.approx({"srp": 0.5, "deu": 0.5})
+    shares = {e.folder: e.token_share for e in plan.entries}
+    assert shares == pytest.approx({"srp_Cyrl": 0.375, "srp_Latn": 0.125, "deu": 0.5})
+    # entries follow the set's order (then source order, then folder name): stable streams for a given recipe
+    assert [e.folder for e in plan.entries] == ["srp_Cyrl", "srp_Latn", "deu"]
+
+
 def test_language_file_is_found_next_to_the_recipe_and_in_recipes(tmp_path):
     (tmp_path / "langs.txt").write_text("# my set\nrus_Cyrl\n\ndeu  # German\nfra\n")
     cfg = data_cfg("unused", "langs.txt", [SourceConfig("fineweb2")])

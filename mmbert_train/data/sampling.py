@@ -28,6 +28,10 @@ k_s = tokens_s / samples_s tokens per sample (from the manifest) gets the sample
 
 so that the expected tokens delivered, q_s * k_s / sum_j q_j * k_j, equal t_s again.
 
+The entries (and so the streams) come in a fixed order: fixed sources in recipe order, then the languages in the
+set's order, each over its sources in recipe order and its folders by name. The stream list, and with it
+Streaming's sample order for a seed, depends only on the recipe and the manifest.
+
 Before any training, :func:`build_phase_plan` checks the recipe against the data and raises
 :class:`DataValidationError` naming the item: a language of the set with no data under any source, a source (or a
 source's language folder) that does not exist, fixed shares that leave nothing (sum >= 1) or a multilingual share
