@@ -170,7 +170,8 @@ def test_phase_plan_splits_by_tau_and_converts_to_sample_proportions(tmp_path):
 
 def test_fixed_source_without_language_list_keeps_languages_in_the_split(tmp_path):
     # MegaWika-like: a fixed share over all its folders, on top of the tau split, excluding nothing from it
-    manifest = manifest_of({**MIXED, "megawika": {"rus": (600, 6), "deu": (300, 3), "eng": (100, 1)}})
+    megawika = {"rus": (600, 6), "deu": (300, 3), "eng": (100, 1), "xho": (700, 7)}  # xho: not in the set
+    manifest = manifest_of({**MIXED, "megawika": megawika})
     sources = [*MIXED_SOURCES, SourceConfig("megawika", kind="fixed", share=0.1)]
     cfg = data_cfg(tmp_path, ["eng", "code", "rus", "deu", "fra"], sources, tau=0.5)
     plan = build_phase_plan(cfg, manifest, check_files=False)
@@ -180,6 +181,12 @@ def test_fixed_source_without_language_list_keeps_languages_in_the_split(tmp_pat
     mw = {e.folder: e.token_share for e in plan.entries if e.source == "megawika"}
     assert mw == pytest.approx({"rus": 0.06, "deu": 0.03, "eng": 0.01})
     assert plan.fixed_tokens == {"dclm": 30_000, "starcoder": 5_000, "megawika": 1_000}
+    assert plan.ignored_languages == {"xho": 750}  # fineweb2's 50 + megawika's 700
+    only_xho = manifest_of({**MIXED, "megawika": {"xho": (700, 7)}})
+    with pytest.raises(
+        DataValidationError, match=r"fixed source 'megawika' has no training tokens in the phase's"
+    ):
+        build_phase_plan(cfg, only_xho, check_files=False)
 
 
 def test_streams_carry_paths_and_proportions(tmp_path):

@@ -12,7 +12,8 @@ How a phase's TOKENS are shared (mmBERT, RECIPE.md "Temperature sampling"):
 2. The **multilingual** sources share ``M = 1 - sum_s f_s``. Their language folders are grouped by language
    (``rus_Cyrl`` counts toward ``rus``); ids served by a fixed source (``eng``, ``code``) are left out, so nothing
    is counted twice. (A fixed source that names its ``languages`` serves them alone; one that reads all its
-   folders, like MegaWika, adds its share on top and takes no language out of the split.) With n_i the
+   folders, like MegaWika, reads those of the phase's languages, adds its share on top and takes no language
+   out of the split.) With n_i the
    available tokens of language i (summed over multilingual sources) and
    N = sum_j n_j over the phase's language set, language i gets ``M * p_i`` where
 
@@ -164,6 +165,12 @@ def fetch_manifest(remote: str, local_root: str | os.PathLike, timeout: float = 
 
 # ------------------------------------------------------------------------------------------- the plan
 
+# why a folder of the manifest is not read (SkippedFolder.reason)
+NOT_IN_SET = "not in the phase's language set"
+SERVED_BY_FIXED = "served by a fixed-share source"
+NOT_SELECTED = "not in the source's `languages`"
+NO_TOKENS = "no training tokens"
+
 
 @dataclass(frozen=True)
 class StreamPlan:
@@ -264,12 +271,6 @@ class PhasePlan:
             )
             for e in self.entries
         ]
-
-
-NOT_IN_SET = "not in the phase's language set"
-SERVED_BY_FIXED = "served by a fixed-share source"
-NOT_SELECTED = "not in the source's `languages`"
-NO_TOKENS = "no training tokens"
 
 
 def _folder_counts(manifest: Mapping, source: str, folder: str) -> tuple[int, int]:
@@ -388,6 +389,9 @@ def build_phase_plan(
             language = normalize_language(folder, f"manifest sources.{source.name}")
             if source.languages is not None:
                 fixed_languages.add(language)
+            elif language not in language_set:  # reading all its folders = all the phase's languages it has
+                skipped.append(SkippedFolder(source.name, folder, language, tokens, NOT_IN_SET))
+                continue
             if tokens > 0 and samples > 0:
                 rows.append(
                     dict(
@@ -402,7 +406,10 @@ def build_phase_plan(
             else:
                 skipped.append(SkippedFolder(source.name, folder, language, tokens, NO_TOKENS))
         if not rows:
-            raise DataValidationError(f"data.sources: fixed source {source.name!r} has no training tokens")
+            raise DataValidationError(
+                f"data.sources: fixed source {source.name!r} has no training tokens"
+                + ("" if source.languages is not None else " in the phase's languages")
+            )
         total = sum(r["tokens"] for r in rows)
         for r in rows:
             r["token_share"] = fixed_shares[source.name] * r["tokens"] / total

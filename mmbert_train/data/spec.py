@@ -31,8 +31,8 @@ class SourceConfig:
     share: float | None = None
     # language folders of this source to read (``rus`` selects a ``rus_Cyrl`` folder); None = all folders the
     # manifest lists for it. A fixed source that names its languages (["eng"] for DCLM, ["code"] for StarCoder)
-    # serves them alone: they stay out of the tau split. A fixed source without a list (MegaWika: all its
-    # languages) adds its share on top of the tau split and takes no language out of it.
+    # serves them alone: they stay out of the tau split. A fixed source without a list (MegaWika) reads all its
+    # folders of the phase's languages, adds its share on top of the tau split and takes no language out of it.
     languages: list[str] | None = None
 
     def __post_init__(self) -> None:
