@@ -1,0 +1,264 @@
+"""The phase loader: batch format, every token delivered once, planned token shares, exact resumption."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mmbert_train.data.masking import IGNORE_INDEX
+
+BOS, EOS = 2, 1
+VOCAB = 8000
+# language -> (samples, mean sample length, first token id); ids of a language live in [base, base + 1000)
+LANGS = {"fra": (300, 60, 1000), "deu": (200, 150, 2000), "swh": (120, 30, 3000)}
+TESTS_DIR = Path(__file__).parent
+
+
+def _lengths(rng, n, mean, max_len):
+    return np.clip(rng.lognormal(np.log(mean), 0.6, size=n).astype(int), 3, max_len)
+
+
+def _doc(rng, n, base):
+    return np.concatenate([[BOS], rng.integers(base, base + 1000, size=n - 2), [EOS]]).astype(np.uint32)
+
+
+def write_corpus(root: Path, langs=LANGS, source="web", sample_max_len=400, heldout=20, seed=0) -> Path:
+    """MDS folders ``root/<source>/<lang>/`` (+ ``heldout/``) with random tokens, and ``root/manifest.json``."""
+    from streaming import MDSWriter
+
+    rng = np.random.default_rng(seed)
+    counts = {}
+    for lang, (n, mean, base) in langs.items():
+        tokens = 0
+        for sub, count in (("", n), ("heldout", heldout)):
+            out = root / source / lang / sub
+            with MDSWriter(out=str(out), columns={"input_ids": "ndarray:uint32"}, compression="zstd",
+                           size_limit=1 << 14) as writer:  # fmt: skip
+                for length in _lengths(rng, count, mean, sample_max_len):
+                    doc = _doc(rng, int(length), base)
+                    writer.write({"input_ids": doc})
+                    tokens += len(doc) if not sub else 0
+        counts[lang] = {"documents": n + heldout, "samples": n, "tokens": tokens, "skipped": 0,
+                        "heldout_documents": heldout}  # fmt: skip
+    manifest = {"tokenizer": "test", "max_seq_len": sample_max_len, "sources": {source: counts}}
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return root
+
+
+def read_corpus(root: Path, lang: str, source="web", sub="") -> list[np.ndarray]:
+    from streaming.base.local import LocalDataset
+
+    ds = LocalDataset(str(root / source / lang / sub))
+    return [np.asarray(ds[i]["input_ids"]) for i in range(len(ds))]
+
+
+def data_config(root: Path, **overrides):
+    from mmbert_train.data.spec import DataConfig, SourceConfig
+
+    kwargs = dict(root=str(root), languages=list(LANGS), tau=0.5, sources=[SourceConfig(name="web")],
+                  max_seq_len=128, mask_ratio=0.3, num_workers=0, shuffle_seed=7)  # fmt: skip
+    kwargs.update(overrides)
+    return DataConfig(**kwargs)
+
+
+def originals(batch) -> torch.Tensor:
+    """Undo masking: labels hold the original id where a position was picked."""
+    return torch.where(batch["labels"] != IGNORE_INDEX, batch["labels"], batch["input_ids"])
+
+
+def documents(batch) -> list[tuple[int, ...]]:
+    ids = originals(batch)
+    docs = []
+    for r in range(ids.shape[0]):
+        offset = 0
+        for n in batch["doc_lens"][r][batch["doc_lens"][r] > 0].tolist():
+            docs.append(tuple(ids[r, offset : offset + n].tolist()))
+            offset += n
+    return docs
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return write_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+def _spec(corpus, **kw):
+    from mmbert_train.data.loader import build_train_dataloader
+
+    cfg_kw = {
+        k: kw.pop(k)
+        for k in list(kw)
+        if k in ("max_seq_len", "mask_ratio", "num_workers", "batch_warmup", "tau")
+    }
+    return build_train_dataloader(data_config(corpus, **cfg_kw), vocab_size=VOCAB, clean_shared_memory=False,
+                                  rank=0, world_size=1, **kw)  # fmt: skip
+
+
+def _plain_streams(root):
+    """One stream per language, no proportions: an epoch reads every sample exactly once."""
+    from streaming import Stream
+
+    return [Stream(local=str(root / "web" / lang)) for lang in LANGS]
+
+
+def test_epoch_batches_format_and_every_token_once(corpus):
+    spec = _spec(corpus, global_batch_size=8, block_samples=32, streams=_plain_streams(corpus))
+    batches = list(spec.dataloader)
+    dataset = spec.dataloader.dataset
+    assert len(batches) > 5
+    pieces = []
+    for b in batches:
+        assert set(b) == {
+            "input_ids",
+            "labels",
+            "attention_mask",
+            "doc_lens",
+            "packing_efficiency",
+            "mask_ratio",
+        }
+        assert b["input_ids"].shape == b["labels"].shape == b["attention_mask"].shape == (8, 128)
+        assert b["input_ids"].dtype == b["labels"].dtype == torch.int64 and b["doc_lens"].dtype == torch.int32
+        assert (b["doc_lens"].sum(1) == b["attention_mask"].sum(1)).all()
+        assert (b["labels"][b["attention_mask"] == 0] == IGNORE_INDEX).all()
+        assert b["packing_efficiency"] == pytest.approx(float(b["attention_mask"].float().mean()))
+        assert spec.get_num_samples_in_batch(b) == 8
+        assert spec.get_num_tokens_in_batch(b) == int(b["attention_mask"].sum())
+        assert spec.get_num_tokens_in_batch(b, "loss_generating") == int((b["labels"] != -100).sum())
+        pieces += documents(b)
+    # every delivered piece is a consecutive cut of a raw sample, and no piece repeats
+    from mmbert_train.data.packing import cut_sample
+
+    raw = [s for lang in LANGS for s in read_corpus(corpus, lang)]
+    all_pieces = collections.Counter(tuple(p.tolist()) for s in raw for p in cut_sample(s, 128))
+    assert not collections.Counter(pieces) - all_pieces  # a sub-multiset: nothing invented or repeated
+    # only the rows left in the buffer at the epoch end (less than one batch) are not delivered
+    total = sum(len(s) for s in raw)
+    delivered = sum(map(len, pieces))
+    assert total - 8 * 128 < delivered <= total
+    # masked share of the maskable tokens
+    picked = sum(int((b["labels"] != -100).sum()) for b in batches)
+    maskable = sum(int((b["attention_mask"].bool() & (originals(b) > 4)).sum()) for b in batches)
+    assert abs(picked / maskable - 0.3) < 0.02
+    assert dataset.epoch == 1 and dataset.batch_in_epoch == 0
+
+
+def test_split_keeps_batch_aligned(corpus):
+    spec = _spec(corpus, global_batch_size=8, block_samples=32)
+    batch = next(iter(spec.dataloader))
+    micro = spec.split_batch(batch, 3)
+    assert [m["input_ids"].shape[0] for m in micro] == [3, 3, 2]
+    for key in ("input_ids", "labels", "attention_mask"):
+        assert torch.equal(torch.cat([m[key] for m in micro]), batch[key])
+    for i, m in enumerate(micro):
+        rows = slice(3 * i, 3 * i + m["input_ids"].shape[0])
+        width = m["doc_lens"].shape[1]
+        assert torch.equal(m["doc_lens"], batch["doc_lens"][rows, :width])
+        assert (batch["doc_lens"][rows, width:] == 0).all()
+        assert m["packing_efficiency"] == batch["packing_efficiency"]
+
+
+def test_delivered_token_shares_match_plan(tmp_path):
+    """Languages with 30 / 60 / 150 tokens per sample: Streaming draws samples, the plan is in tokens."""
+    from mmbert_train.data.sampling import build_phase_plan
+
+    root = write_corpus(tmp_path, sample_max_len=120)
+    cfg = data_config(root, tau=0.3, max_seq_len=256)
+    plan = build_phase_plan(cfg)
+    planned = {e.language: e.token_share for e in plan.entries}
+    spec = _spec(root, global_batch_size=16, block_samples=64, phase_tokens=600_000, max_seq_len=256, tau=0.3)
+    got = dict.fromkeys(LANGS, 0)
+    for batch in spec.dataloader:
+        for doc in documents(batch):  # bos/eos count toward the document's language, as in the plan
+            body = [t for t in doc if t > 4]
+            if body:
+                got[next(lang for lang, (_, _, base) in LANGS.items() if base <= body[0] < base + 1000)] += (
+                    len(doc)
+                )
+    total = sum(got.values())
+    assert total > 400_000
+    for lang in LANGS:
+        assert abs(got[lang] / total - planned[lang]) < 0.01, (got, planned)
+    assert max(planned.values()) - min(planned.values()) > 0.05  # the shares really differ
+
+
+RUN_LOADER = """
+import json, sys, torch
+sys.path.insert(0, {tests!r})
+from pathlib import Path
+from test_loader import data_config, VOCAB
+from mmbert_train.data.loader import build_train_dataloader
+from mmbert_train.data.spec import BatchWarmupConfig
+
+mode, root, out, n_before, n_after = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+cfg = data_config(root, num_workers=2, max_seq_len=64,
+                  batch_warmup=BatchWarmupConfig(start_batch_size=2, tokens=64 * 120))
+spec = build_train_dataloader(cfg, global_batch_size={global_batch}, vocab_size=VOCAB, block_samples=8,
+                              phase_tokens=2_000_000, clean_shared_memory=False)
+dataset = spec.dataloader.dataset
+if mode == "resume":
+    dataset.load_state_dict(json.loads((out / "state.json").read_text()))
+batches, it = [], iter(spec.dataloader)
+if mode == "full":
+    for _ in range(n_before):
+        next(it)
+    state = dataset.state_dict(dataset.rows_in_epoch, True)
+    (out / "state.json").write_text(json.dumps(state))
+    (out / "buffered.json").write_text(json.dumps(dataset.buffered_rows))
+for _ in range(n_after):
+    batches.append(next(it))
+torch.save(batches, out / f"{{mode}}-{{dataset.rank}}.pt")
+(out / f"{{mode}}-{{dataset.rank}}.json").write_text(json.dumps(dataset.raw_samples_before_first_batch))
+"""
+
+
+def run_loader_script(tmp_path, corpus, mode, n_before, n_after, global_batch=8, launcher=()):
+    script = tmp_path / "run_loader.py"
+    script.write_text(RUN_LOADER.format(tests=str(TESTS_DIR), global_batch=global_batch))
+    env = dict(os.environ, PYTHONPATH=str(TESTS_DIR.parent))
+    cmd = [*launcher, str(script)] if launcher else [sys.executable, str(script)]
+    result = subprocess.run(
+        [*cmd, mode, str(corpus), str(tmp_path), str(n_before), str(n_after)],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def assert_same_batches(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert x.keys() == y.keys()
+        for key in x:
+            if torch.is_tensor(x[key]):
+                assert torch.equal(x[key], y[key]), key
+            else:
+                assert x[key] == y[key], key
+
+
+@pytest.mark.slow
+def test_resume_in_fresh_process_gives_the_same_batches(corpus, tmp_path):
+    """num_workers=2, batch-size warmup on, non-empty packing buffer at the checkpoint."""
+    n_before, n_after = 25, 6
+    run_loader_script(tmp_path, corpus, "full", n_before, n_after)
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert json.loads((tmp_path / "buffered.json").read_text()) > 0  # rows waiting in the packer
+    assert state["ranks"][0]["rows_into_block"] > 0 and state["batch_in_epoch"] == n_before
+    run_loader_script(tmp_path, corpus, "resume", 0, n_after)
+    full, resumed = torch.load(tmp_path / "full-0.pt"), torch.load(tmp_path / "resume-0.pt")
+    assert_same_batches(full, resumed)
+    # the warmup is visible: batch sizes grow across the run
+    assert full[0]["input_ids"].shape[0] < 8 or resumed[-1]["input_ids"].shape[0] == 8
+    # resuming read one block to restart plus what the first batch needs, not the epoch so far
+    rows_needed = resumed[0]["input_ids"].shape[0]
+    read = json.loads((tmp_path / "resume-0.json").read_text())
+    assert read <= 8 * (2 + rows_needed)  # block_samples=8; at least one sample per row
+    assert (
+        state["ranks"][0]["block"] >= 4 and read < 8 * state["ranks"][0]["block"]
+    )  # no replay from the start
