@@ -4,8 +4,13 @@
   in memory, no I/O, no writing) - what the tokenizer alone can do with the same number of cores;
 * ours: ``run_tokenize(..., workers=workers)`` end to end (read files, hash, encode, split, write zstd MDS, merge,
   manifest), content tokens (bos/eos not counted) per second of its own wall clock;
-* memory: peak PSS (proportional set size) of the whole process tree (main + workers) for a 1x corpus and a 4x corpus (4x the documents
-  per file), each run in a fresh subprocess.
+* CPU cost: tokens per CPU-second (user + system, all processes and threads) of both, which other jobs on a
+  shared machine disturb far less than wall-clock rates;
+* memory, for a 1x corpus and a 4x corpus (4x the documents per file), each run in a fresh subprocess: the peak
+  PSS (proportional set size) of the whole process tree (main + workers), and the largest peak RSS of any one
+  process (``ru_maxrss``). Forked workers share the parent's pages (torch, transformers) until they touch them,
+  so the tree's PSS also creeps up with run time as copy-on-write pages get copied; that growth is bounded
+  by the parent's size, not by the corpus.
 
 Targets (issue 3): ours >= 0.8x the ceiling; peak memory of the 4x corpus within 10% of the 1x.
 
@@ -46,16 +51,35 @@ def make_corpus(root: Path, docs_per_file: int, seed: int = 0) -> Path:
     return root
 
 
-CHILD_OURS = """
-import json, sys
-from data_prep.tokenize import plan_raw, run_tokenize
-raw, out, tok, workers = sys.argv[1:5]
-s = run_tokenize(plan_raw(raw), out, tok, workers=int(workers), heldout_fraction=0.0, progress=False,
-                 log=lambda _: None)
-print(json.dumps({"seconds": s.seconds, "tokens": s.tokens - 2 * s.samples, "documents": s.documents}))
+CPU_SECONDS = """
+import resource
+def cpu_seconds():
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 """
 
-CHILD_CEILING = """
+CHILD_OURS = (
+    CPU_SECONDS
+    + """
+import json, sys
+from data_prep.tokenize import plan_raw, run_tokenize
+from data_prep.tokenizer import load_tokenizer
+import streaming  # imports outside the timed region, as for the ceiling
+raw, out, tok, workers = sys.argv[1:5]
+load_tokenizer(tok)
+cpu = cpu_seconds()
+s = run_tokenize(plan_raw(raw), out, tok, workers=int(workers), heldout_fraction=0.0, progress=False,
+                 log=lambda _: None)
+cpu = cpu_seconds() - cpu  # workers are joined by now, so their time is in RUSAGE_CHILDREN
+maxrss = max(resource.getrusage(r).ru_maxrss for r in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+print(json.dumps({"seconds": s.seconds, "cpu_seconds": cpu, "tokens": s.tokens - 2 * s.samples,
+                  "documents": s.documents, "max_process_rss_kib": maxrss}))
+"""
+)
+
+CHILD_CEILING = (
+    CPU_SECONDS
+    + """
 import json, sys, time
 from pathlib import Path
 from tokenizers import Tokenizer
@@ -66,13 +90,14 @@ backend = Tokenizer.from_str(AutoTokenizer.from_pretrained(tok).backend_tokenize
 backend.encode_special_tokens = True  # as tokenize does: "<mask>" in raw text is text
 encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
 texts = [t for p in sorted(Path(raw).glob("*/*/*.jsonl")) for _, t, _ in read_documents(p) if t]
-start = time.perf_counter()
+start, cpu = time.perf_counter(), cpu_seconds()
 tokens = 0
 for i in range(0, len(texts), 1000):
     tokens += sum(len(e.ids) for e in encode(texts[i:i + 1000], add_special_tokens=False))
-seconds = time.perf_counter() - start
-print(json.dumps({"seconds": seconds, "tokens": tokens, "documents": len(texts)}))
+seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu
+print(json.dumps({"seconds": seconds, "cpu_seconds": cpu, "tokens": tokens, "documents": len(texts)}))
 """
+)
 
 
 def run_child(code: str, args: list[str], env: dict) -> tuple[dict, int]:
@@ -104,6 +129,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--docs-per-file", type=int, default=400, help="documents per file of the 1x corpus")
     args = parser.parse_args()
+    # The ceiling may use N Rust threads; run_tokenize turns them off inside its N single-threaded workers.
     env = {"PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "true", "RAYON_NUM_THREADS": str(args.workers)}
     with tempfile.TemporaryDirectory(prefix="prep-bench-") as tmp:
         tmp = Path(tmp)
@@ -117,6 +143,10 @@ def main() -> None:
     ceiling_rate = ceiling["tokens"] / ceiling["seconds"]
     ours_rate = ours1["tokens"] / ours1["seconds"]
     ours4_rate = ours4["tokens"] / ours4["seconds"]
+    # tokens per CPU-second: what each costs in cores, robust to other jobs sharing the machine
+    ceiling_eff = ceiling["tokens"] / ceiling["cpu_seconds"]
+    ours_eff = ours1["tokens"] / ours1["cpu_seconds"]
+    ours4_eff = ours4["tokens"] / ours4["cpu_seconds"]
     print(
         json.dumps(
             {
@@ -128,9 +158,19 @@ def main() -> None:
                 "ours_tokens_per_s_4x": round(ours4_rate),
                 "ratio_vs_ceiling_1x": round(ours_rate / ceiling_rate, 3),
                 "ratio_vs_ceiling_4x": round(ours4_rate / ceiling_rate, 3),
+                "ceiling_tokens_per_cpu_s": round(ceiling_eff),
+                "ours_tokens_per_cpu_s_1x": round(ours_eff),
+                "ours_tokens_per_cpu_s_4x": round(ours4_eff),
+                "cpu_efficiency_ratio_1x": round(ours_eff / ceiling_eff, 3),
+                "cpu_efficiency_ratio_4x": round(ours4_eff / ceiling_eff, 3),
                 "peak_pss_mib_1x": round(peak1 / 2**20, 1),
                 "peak_pss_mib_4x": round(peak4 / 2**20, 1),
                 "peak_memory_ratio_4x_vs_1x": round(peak4 / peak1, 3),
+                "max_process_rss_mib_1x": round(ours1["max_process_rss_kib"] / 1024, 1),
+                "max_process_rss_mib_4x": round(ours4["max_process_rss_kib"] / 1024, 1),
+                "max_process_rss_ratio_4x_vs_1x": round(
+                    ours4["max_process_rss_kib"] / ours1["max_process_rss_kib"], 3
+                ),
                 "load_average_1min_at_end": round(os.getloadavg()[0], 2),
             },
             indent=2,

@@ -494,7 +494,6 @@ def run_tokenize(
         raise PrepError("--max-seq-len must be at least 3 (bos + one token + eos)")
     if not 0.0 <= heldout_fraction < 1.0:
         raise PrepError("--heldout-fraction must be in [0, 1)")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # one core per worker: --workers N uses N cores
     mds_dir = Path(mds_dir)
     hf_tok = load_tokenizer(tokenizer_name)
     recorded = str(Path(tokenizer_name).resolve()) if Path(tokenizer_name).is_dir() else tokenizer_name
@@ -551,6 +550,10 @@ def run_tokenize(
     tokenizer_json = hf_tok.backend_tokenizer.to_str()
     bos, eos = hf_tok.bos_token_id, hf_tok.eos_token_id
     workers = max(1, min(workers, len(tasks) or 1))
+    # One core per worker, so --workers N uses N cores: no Rust thread pool inside a worker. Forked workers
+    # inherit this; the caller's setting comes back afterwards.
+    saved_parallelism = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
     try:
         if workers == 1:
             _init_worker(tokenizer_json, bos, eos)
@@ -562,6 +565,10 @@ def run_tokenize(
         else:
             _run_pool(tasks, workers, tokenizer_json, bos, eos, bar, remaining, finish_group)
     finally:
+        if saved_parallelism is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = saved_parallelism
         bar.close()
         summary.manifest = write_manifest_from_done(mds_dir, settings)
     summary.seconds = time.monotonic() - start
