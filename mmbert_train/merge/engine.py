@@ -172,8 +172,6 @@ def merge_checkpoints(
             for chunk in _merge_tensor(key, shape, inputs, method, density, weights, scale, chunk_numel):
                 writer.write(chunk.to(out_dtype))
                 bar.update(chunk.numel())
-                for item in inputs:
-                    item.release()
         writer.close()
         bar.close()
 
@@ -220,7 +218,10 @@ def _merge_tensor(key, shape, inputs, method, density, weights, scale, chunk_num
     dtype = compute_dtype(*(t.dtype for t in flat))
 
     def read(i: int, start: int, stop: int) -> Tensor:
-        return flat[i][start:stop].to(dtype)
+        # a copy, then the mapped pages go back: the selection passes of TIES read every chunk several times
+        chunk = flat[i][start:stop].to(dtype, copy=True)
+        inputs[i].release()
+        return chunk
 
     bounds = chunk_bounds(numel, chunk_numel, shape[-1] if len(shape) > 1 else 1)
     if method == "ties":

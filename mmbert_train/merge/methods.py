@@ -32,9 +32,9 @@ from torch import Tensor
 # read(i, start, stop) -> entries start:stop of input i, flattened, in the compute dtype
 Reader = Callable[[int, int, int], Tensor]
 
-DEFAULT_CHUNK_NUMEL = (
-    1 << 20
-)  # 1M entries: 4 MB per float32 chunk and input (a merge holds ~10 such per input)
+# 256K entries = 1 MB per float32 chunk. A TIES step holds ~20 chunk-sized temporaries; small chunks also keep
+# what glibc's allocator retains small. Smaller chunks cost Python overhead, larger ones memory.
+DEFAULT_CHUNK_NUMEL = 1 << 18
 
 
 def chunk_bounds(numel: int, chunk_numel: int, row: int = 1) -> list[tuple[int, int]]:
