@@ -293,15 +293,28 @@ def _run_part(args) -> PartResult:
 # Merging the parts of a group (main process).
 
 
-def _move_shards(src: Path, dst: Path, shards: list[dict]) -> None:
-    """Move ``src``'s shards into ``dst``, renumbered after those already listed in ``shards`` (appended to)."""
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # a file system without hard links
+        shutil.copyfile(src, dst)
+
+
+def _move_shards(src: Path, dst: Path, shards: list[dict], keep_source: bool = True) -> None:
+    """Put ``src``'s shards into ``dst``, renumbered after those already listed in ``shards`` (appended to).
+
+    By default the source stays intact (hard links), so a merge that is killed halfway can simply be redone.
+    """
     index_file = src / "index.json"
     if not index_file.exists():
         return
     for shard in json.loads(index_file.read_text())["shards"]:
         number = len(shards)
         zip_name = f"shard.{number:05}.mds.zstd"
-        os.replace(src / shard["zip_data"]["basename"], dst / zip_name)
+        if keep_source:
+            _link_or_copy(src / shard["zip_data"]["basename"], dst / zip_name)
+        else:
+            os.replace(src / shard["zip_data"]["basename"], dst / zip_name)
         shard["zip_data"]["basename"] = zip_name
         shard["raw_data"]["basename"] = f"shard.{number:05}.mds"
         shards.append(shard)
@@ -322,12 +335,15 @@ def _write_candidates(folder: Path, staging: Path, part_dirs: list[Path], shards
             lengths = np.load(part_dir / "candidate_lengths.npy")
             for sample in np.split(ids, np.cumsum(lengths)[:-1]):
                 writer.write({"input_ids": sample})
-    _move_shards(tail, folder, shards)
+    _move_shards(tail, folder, shards, keep_source=False)
     shutil.rmtree(tail, ignore_errors=True)
 
 
 def merge_group(staging: Path, final: Path, n_parts: int, settings: Settings, inputs: list) -> dict:
-    """Merge finished parts into ``final`` (via ``staging/out``); returns the group's counts."""
+    """Merge finished parts into ``final`` (via ``staging/out``); returns the group's counts.
+
+    The parts are only read, so a merge interrupted at any point is redone from scratch by the next run.
+    """
     part_dirs = [staging / "parts" / f"{i:05}" for i in range(n_parts)]
     results = [json.loads((d / "part.json").read_text()) for d in part_dirs]
     counts = empty_counts()
@@ -509,6 +525,8 @@ def run_tokenize(
         final = mds_dir / plan.source / plan.language
         if (plan.source, plan.language) in done:
             summary.groups_skipped += 1
+            # a run killed between the commit rename and the clean-up leaves the staging folder behind
+            shutil.rmtree(final.with_name(f".{plan.language}.partial"), ignore_errors=True)
             if done[(plan.source, plan.language)].get("inputs") != json.loads(json.dumps(plan.inputs)):
                 log(f"note: {plan.key} is already done but its inputs changed; delete {final} to redo it")
             continue
@@ -616,7 +634,11 @@ class _Progress:
         if enabled:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(unit=" doc", desc="tokenize", dynamic_ncols=True, file=sys.stderr)
+            # a terminal redraws in place; a log file (CI) gets a line every 30 s instead of a flood
+            interval = 0.5 if sys.stderr.isatty() else 30.0
+            self.bar = tqdm(
+                unit=" doc", desc="tokenize", dynamic_ncols=True, file=sys.stderr, mininterval=interval
+            )
 
     def update(self, docs: int, tokens: int) -> None:
         self.tokens += tokens

@@ -434,3 +434,32 @@ def test_kill_9_midway_then_rerun_gives_the_same_shards(tmp_path, tokenizer_dir)
         assert {k: v for k, v in got.items() if k != "done.json"} == {
             k: v for k, v in ref.items() if k != "done.json"
         }
+
+
+def test_merge_interrupted_halfway_is_redone(tmp_path, tokenizer_dir, monkeypatch):
+    raw = make_raw_corpus(tmp_path / "raw", repeat=3)
+    write_jsonl(raw / "web" / "eng" / "second.jsonl", [{"text": f"extra {i}"} for i in range(5)])
+    tokenize(raw, tmp_path / "ref", tokenizer_dir, max_seq_len=12, heldout_fraction=0.3)
+    real = tokmod._write_index
+
+    def crash(folder, shards):
+        if folder.parent.parent.name == ".eng.partial":  # eng's merge, after its shards were put in place
+            raise KeyboardInterrupt
+        return real(folder, shards)
+
+    monkeypatch.setattr(tokmod, "_write_index", crash)
+    with pytest.raises(KeyboardInterrupt):
+        tokenize(raw, tmp_path / "mds", tokenizer_dir, max_seq_len=12, heldout_fraction=0.3, workers=1)
+    monkeypatch.setattr(tokmod, "_write_index", real)
+    assert not (tmp_path / "mds" / "web" / "eng").exists()
+    assert (tmp_path / "mds" / "web" / ".eng.partial" / "out").exists()
+    tokenize(raw, tmp_path / "mds", tokenizer_dir, max_seq_len=12, heldout_fraction=0.3)
+    assert load_manifest(tmp_path / "mds") == load_manifest(tmp_path / "ref")
+    got, ref = shard_bytes(tmp_path / "mds" / "web" / "eng"), shard_bytes(tmp_path / "ref" / "web" / "eng")
+    assert {k: v for k, v in got.items() if k != "done.json"} == {
+        k: v for k, v in ref.items() if k != "done.json"
+    }
+    # a staging folder left next to a finished group (killed after the commit rename) is cleaned up by a rerun
+    (tmp_path / "mds" / "web" / ".arb.partial" / "parts").mkdir(parents=True)
+    tokenize(raw, tmp_path / "mds", tokenizer_dir, max_seq_len=12, heldout_fraction=0.3)
+    assert not list((tmp_path / "mds" / "web").glob(".*"))
