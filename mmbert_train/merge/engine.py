@@ -152,7 +152,7 @@ def merge_checkpoints(
     keys = check_compatible(inputs)
     # the config (and tokenizer) of the output come from the base, or from the newest checkpoint
     reference = inputs[0] if method == "ties" else inputs[-1]
-    hf_config = hf_config_of(reference.path, reference.state)
+    hf_config = hf_config_of(reference.path, reference.state, trust_pickle=trust_pickle)
     if hf_config is None:
         raise MergeError(
             f"cannot find a model config for {reference} (no config.json, no recorded ModelConfig)"

@@ -232,7 +232,9 @@ def open_checkpoint(
     return open_state_dict(path, trust_pickle=trust_pickle)
 
 
-def hf_config_of(path: str | Path, state: Mapping[str, Tensor] | None = None) -> dict[str, Any] | None:
+def hf_config_of(
+    path: str | Path, state: Mapping[str, Tensor] | None = None, *, trust_pickle: bool = False
+) -> dict[str, Any] | None:
     """The Hugging Face ``config.json`` content that goes with a checkpoint, or None when it has none."""
     path = Path(path)
     if path.is_dir() and (path / "config.json").is_file():
@@ -250,7 +252,7 @@ def hf_config_of(path: str | Path, state: Mapping[str, Tensor] | None = None) ->
         from mmbert_train.model.checkpoints import read_model_config
     except ImportError:
         return None
-    return read_model_config(path).to_hf_dict()
+    return read_model_config(path, trust_pickle=trust_pickle).to_hf_dict()
 
 
 _BATCH = re.compile(r"ba(\d+)")
