@@ -183,3 +183,44 @@ def test_output_is_atomic(hf_dirs, tmp_path, monkeypatch):
     monkeypatch.undo()
     merge_checkpoints(method="linear", models=models, out=out, overwrite=True, progress=False)
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "merge.json", "model.safetensors"]
+
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+def test_shipped_recipes_validate():
+    from mmbert_train.merge import MergeConfig
+    from mmbert_train.schema import from_dict, load_yaml
+
+    base = from_dict(MergeConfig, load_yaml(RECIPES / "base_merge.yaml"), "base_merge.yaml:")
+    assert (base.method, base.density, base.weights, base.scale) == ("ties", 0.5, [1.0, 1.0, 1.0], 1.0)
+    assert base.base.startswith("checkpoints/base_midtrain/") and len(base.models) == 3
+    small = from_dict(MergeConfig, load_yaml(RECIPES / "small_merge.yaml"), "small_merge.yaml:")
+    assert (small.method, small.beta, small.last) == ("ema", 0.5, 4)
+
+
+def test_shipped_recipes_run_on_checkpoints_named_like_ours(hf_dirs, tmp_path, monkeypatch):
+    """Both recipes, unchanged but for where the checkpoints are, on a tree laid out as training writes it."""
+    monkeypatch.chdir(tmp_path)
+    ckpt = tmp_path / "checkpoints"
+    for name, src in zip(["base_midtrain", "base_decay_eng", "base_decay_cont", "base_decay_all"], hf_dirs):
+        (ckpt / name).mkdir(parents=True)
+        (ckpt / name / "latest-rank0.pt").symlink_to(src, target_is_directory=True)
+    assert main([str(RECIPES / "base_merge.yaml"), "--no-progress"]) == 0
+    want = ties_merge(weights_of(hf_dirs[0]), [weights_of(d) for d in hf_dirs[1:]], density=0.5)
+    got = weights_of(ckpt / "base_merged")
+    assert all(torch.equal(got[k], want[k]) for k in want)
+
+    run = ckpt / "small_decay_all"
+    run.mkdir()
+    order = [("ep0-ba500-rank0.pt", 0), ("ep0-ba1000-rank0.pt", 1), ("ep0-ba1500-rank0.pt", 2),
+             ("ep0-ba2000-rank0.pt", 3), ("ep0-ba2650-rank0.pt", 1)]  # fmt: skip
+    for name, i in order:
+        (run / name).symlink_to(hf_dirs[i], target_is_directory=True)
+    (run / "latest-rank0.pt").symlink_to(hf_dirs[1], target_is_directory=True)
+    assert main([str(RECIPES / "small_merge.yaml"), "--no-progress"]) == 0
+    record = json.loads((ckpt / "small_merged" / "merge.json").read_text())
+    assert [Path(p).name for p in record["models"]] == [name for name, _ in order[1:]]
+    want = linear_merge([weights_of(hf_dirs[i]) for _, i in order[1:]], [1 / 15, 2 / 15, 4 / 15, 8 / 15])
+    got = weights_of(ckpt / "small_merged")
+    assert all(torch.allclose(got[k], want[k], rtol=0, atol=1e-7) for k in want)
