@@ -128,6 +128,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--docs-per-file", type=int, default=400, help="documents per file of the 1x corpus")
+    parser.add_argument(
+        "--repeat", type=int, default=2, help="1x runs of each, alternating; the fastest counts"
+    )
     args = parser.parse_args()
     # The ceiling may use N Rust threads; run_tokenize turns them off inside its N single-threaded workers.
     env = {"PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "true", "RAYON_NUM_THREADS": str(args.workers)}
@@ -136,8 +139,15 @@ def main() -> None:
         tok = make_tokenizer(tmp / "tok", vocab_size=2000)
         raw1 = make_corpus(tmp / "raw1", args.docs_per_file)
         raw4 = make_corpus(tmp / "raw4", 4 * args.docs_per_file)
-        ceiling, _ = run_child(CHILD_CEILING, [str(raw1), str(tok)], env)
-        ours1, peak1 = run_child(CHILD_OURS, [str(raw1), str(tmp / "mds1"), str(tok), str(args.workers)], env)
+        # Alternate the two and keep each one's fastest run: other jobs on a shared machine only ever slow a
+        # run down, so the minimum is the best estimate of each one's own speed.
+        ceilings, ours1s = [], []
+        for i in range(args.repeat):
+            ceilings.append(run_child(CHILD_CEILING, [str(raw1), str(tok)], env)[0])
+            out = str(tmp / f"mds1-{i}")
+            ours1s.append(run_child(CHILD_OURS, [str(raw1), out, str(tok), str(args.workers)], env))
+        ceiling = min(ceilings, key=lambda r: r["seconds"])
+        ours1, peak1 = min(ours1s, key=lambda r: r[0]["seconds"])
         ours4, peak4 = run_child(CHILD_OURS, [str(raw4), str(tmp / "mds4"), str(tok), str(args.workers)], env)
     assert ceiling["tokens"] == ours1["tokens"], (ceiling, ours1)
     ceiling_rate = ceiling["tokens"] / ceiling["seconds"]
@@ -151,6 +161,7 @@ def main() -> None:
         json.dumps(
             {
                 "workers": args.workers,
+                "repeat": args.repeat,
                 "cpu_count": os.cpu_count(),
                 "corpus_1x": {"documents": ours1["documents"], "tokens": ours1["tokens"]},
                 "ceiling_encode_batch_tokens_per_s": round(ceiling_rate),

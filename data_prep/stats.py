@@ -144,10 +144,18 @@ def rebuild_manifest(
             counts["documents"] = counts["samples"] + heldout_samples
             counts["heldout_documents"] = heldout_samples
         sources.setdefault(source, {})[language] = counts
+    previous = mds_dir / MANIFEST_NAME
+    if tokenizer is None and not tokenizers and previous.exists():
+        try:  # foreign data described by an earlier `stats --tokenizer ...`: keep its tokenizer
+            tokenizers.add(json.loads(previous.read_text())["tokenizer"])
+        except (ValueError, KeyError, TypeError):
+            pass
     if tokenizer is None:
         if len(tokenizers) != 1:
             found = ", ".join(sorted(tokenizers)) or "none recorded"
-            raise StatsError(f"{mds_dir}: pass --tokenizer (tokenizers recorded in done.json files: {found})")
+            raise StatsError(
+                f"{mds_dir}: pass --tokenizer (tokenizers recorded in done.json files or manifest.json: {found})"
+            )
         tokenizer = tokenizers.pop()
     if max_seq_len is None:
         max_seq_len = lengths.pop() if len(lengths) == 1 else longest
@@ -162,7 +170,10 @@ def main(argv: list[str]) -> int:
         description="Rebuild MDS/manifest.json by counting the MDS/<source>/<language>/ datasets there.",
     )
     parser.add_argument("mds", help="MDS folder (holds <source>/<language>/index.json)")
-    parser.add_argument("--tokenizer", help="tokenizer id/folder to record (default: from done.json files)")
+    parser.add_argument(
+        "--tokenizer",
+        help="tokenizer id/folder to record (default: from done.json files, else the old manifest)",
+    )
     parser.add_argument(
         "--max-seq-len", type=int, help="record this (default: from done.json, else longest sample)"
     )

@@ -75,6 +75,11 @@ def test_max_seq_len_and_tokenizer_flags(tmp_path):
     write_foreign(tmp_path / "mds" / "pub" / "eng", "ndarray:uint32", _samples())
     assert prep_main(["stats", str(tmp_path / "mds"), "--tokenizer", "tok", "--max-seq-len", "8192"]) == 0
     assert load_manifest(tmp_path / "mds")["max_seq_len"] == 8192
+    # a later rebuild (new data added) keeps the tokenizer recorded before
+    write_foreign(tmp_path / "mds" / "pub" / "fra", "ndarray:uint32", _samples())
+    assert prep_main(["stats", str(tmp_path / "mds")]) == 0
+    manifest = load_manifest(tmp_path / "mds")
+    assert manifest["tokenizer"] == "tok" and set(manifest["sources"]["pub"]) == {"eng", "fra"}
 
 
 def test_errors_name_the_file(tmp_path, capsys):
