@@ -22,7 +22,7 @@ import importlib.util
 import torch
 import torch.nn.functional as F
 
-from .layout import TokenLayout
+from .layout import TokenLayout, block_local_index, document_buckets, from_buckets, to_buckets
 
 BACKENDS = ("flash", "flex", "sdpa", "eager")
 _FLEX_BLOCK = 128  # FlexAttention's default block size; the flat stream is padded to a multiple of it
@@ -101,56 +101,57 @@ def _use_block_local(layout: TokenLayout, window_half: int) -> bool:
     return window_half >= 0 and layout.max_seqlen > 4 * max(window_half, 1)
 
 
-def _block_local_mask(layout: TokenLayout, window_half: int, blocks: int) -> torch.Tensor:
-    """``(num_docs * blocks, 1, b, 3b)``: query slot ``i`` of block ``n`` vs key slot ``j`` of blocks ``n-1..n+1``."""
-
-    def build():
-        b = max(window_half, 1)
-        device = layout.cu_seqlens.device
-        i = torch.arange(b, device=device)
-        j = torch.arange(3 * b, device=device)
-        in_window = ((j[None, :] - b) - i[:, None]).abs() <= window_half  # (b, 3b)
-        block = torch.arange(blocks, device=device)
-        key_pos = (
-            block[:, None] * b + j[None, :] - b
-        )  # (blocks, 3b) position of each key slot in the document
-        key_ok = (key_pos[None] >= 0) & (key_pos[None] < layout.seqlens[:, None, None])  # (docs, blocks, 3b)
-        mask = in_window[None, None] & key_ok[:, :, None, :]  # (docs, blocks, b, 3b)
-        return mask.reshape(layout.num_docs * blocks, 1, b, 3 * b)
-
-    return layout.cached(("block_local_mask", window_half, blocks), build)
-
-
 def _block_local_sdpa(q, k, v, layout: TokenLayout, window_half: int, dropout_p: float) -> torch.Tensor:
-    b = max(window_half, 1)
-    blocks = -(-layout.max_seqlen // b)
-    length = blocks * b
+    index = block_local_index(layout, window_half)
+    blocks, b = index.queries.shape
     heads, dim = q.shape[1], q.shape[2]
-    docs = layout.num_docs
-    qp = layout.to_padded(q, length)  # (docs, length, h, d)
-    # Keys/values get one block of zeros on each side, then every block's [previous, own, next] keys.
-    kp = F.pad(layout.to_padded(k, length), (0, 0, 0, 0, b, b))
-    vp = F.pad(layout.to_padded(v, length), (0, 0, 0, 0, b, b))
-    qb = qp.view(docs, blocks, b, heads, dim).permute(0, 1, 3, 2, 4).reshape(docs * blocks, heads, b, dim)
 
-    def windows(t):  # (docs, length + 2b, h, d) -> (docs * blocks, h, 3b, d)
-        w = t.unfold(1, 3 * b, b)  # (docs, blocks, h, d, 3b)
-        return w.permute(0, 1, 2, 4, 3).reshape(docs * blocks, heads, 3 * b, dim)
+    def gather(t, slots):  # (T, h, d) -> (blocks, h, slots, d); the extra zero row serves padding slots
+        source = torch.cat([t, t.new_zeros(1, heads, dim)])
+        return source[slots].transpose(1, 2)
 
-    mask = _block_local_mask(layout, window_half, blocks)
-    out = F.scaled_dot_product_attention(qb, windows(kp), windows(vp), attn_mask=mask, dropout_p=dropout_p)
-    out = out.view(docs, blocks, heads, b, dim).permute(0, 1, 3, 2, 4).reshape(docs, length, heads, dim)
-    return layout.from_padded(out)
+    out = F.scaled_dot_product_attention(
+        gather(q, index.queries),
+        gather(k, index.keys),
+        gather(v, index.keys),
+        attn_mask=index.mask,
+        dropout_p=dropout_p,
+    )
+    return out.transpose(1, 2).reshape(blocks * b, heads, dim)[index.real_queries]
+
+
+def _bucket_masks(layout: TokenLayout, window_half: int) -> list[torch.Tensor | None]:
+    def build():
+        buckets, _ = layout.cached("buckets", lambda: document_buckets(layout))
+        masks = []
+        for bucket in buckets:
+            length = bucket.valid.shape[1]
+            if window_half < 0:
+                masks.append(None if bucket.full else bucket.valid[:, None, None, :])
+                continue
+            pos = torch.arange(length, device=bucket.valid.device)
+            near = (pos[:, None] - pos[None, :]).abs() <= window_half
+            # Padding query slots attend to everything so that no softmax row is empty (output dropped).
+            mask = (near[None] & bucket.valid[:, None, :]) | ~bucket.valid[:, :, None]
+            masks.append(mask[:, None])
+        return masks
+
+    return layout.cached(("bucket_masks", window_half), build)
 
 
 def sdpa_attention(q, k, v, layout: TokenLayout, window_half: int, dropout_p: float = 0.0) -> torch.Tensor:
+    """Global layers (and local layers on short documents): one SDPA call per bucket of similar-length
+    documents; local layers on long documents: block-local SDPA."""
     if _use_block_local(layout, window_half):
         return _block_local_sdpa(q, k, v, layout, window_half, dropout_p)
-    qr, kr, vr = _rectangle(layout, q, k, v)
-    out = F.scaled_dot_product_attention(
-        qr, kr, vr, attn_mask=_dense_mask(layout, window_half), dropout_p=dropout_p
-    )
-    return _from_rectangle(layout, out)
+    masks = _bucket_masks(layout, window_half)
+    outs = []
+    for qb, kb, vb, mask in zip(to_buckets(layout, q), to_buckets(layout, k), to_buckets(layout, v), masks):
+        out = F.scaled_dot_product_attention(
+            qb.transpose(1, 2), kb.transpose(1, 2), vb.transpose(1, 2), attn_mask=mask, dropout_p=dropout_p
+        )
+        outs.append(out.transpose(1, 2))
+    return from_buckets(layout, outs)
 
 
 # ---- FlexAttention ---------------------------------------------------------------------------------------

@@ -2,9 +2,10 @@
 
 The encoder runs on ``(num_tokens, hidden)`` tensors that hold only real tokens; `TokenLayout` says where each
 document starts (``cu_seqlens``), each token's document and its position inside it. Attention backends that
-need a rectangular batch (sdpa, eager) regather the tokens into ``(num_docs, length, ...)`` with
-`TokenLayout.to_padded` and back with `TokenLayout.from_padded`; the index tensors are computed once per forward
-pass and cached here, shared by all layers.
+need rectangles regather the tokens: `to_padded` / `from_padded` give one ``(num_docs, max_len, ...)`` rectangle
+(the eager reference), `to_buckets` / `from_buckets` several rectangles of documents of similar length (sdpa's
+global layers: little padding for variable-length batches), and `block_local_index` the blocks of local attention.
+The index tensors are computed once per forward pass and cached here, shared by all layers.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class TokenLayout:
     doc_ids: torch.Tensor
     position_ids: torch.Tensor
     uniform: bool  # every document has length max_seqlen (no padding needed to make a rectangle)
+    lengths: list[int] = field(default_factory=list)  # document lengths on the host
     _cache: dict = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -54,6 +56,7 @@ class TokenLayout:
             doc_ids=doc_ids,
             position_ids=position_ids,
             uniform=bool(host) and min(host) == longest,
+            lengths=host,
         )
 
     @property
@@ -196,3 +199,109 @@ def flatten_batch(
         flat_ids = input_ids.reshape(-1)[scatter]
         flat_labels = labels.reshape(-1)[scatter] if labels is not None else None
     return FlatBatch(flat_ids, layout, flat_labels, scatter, (batch, seq))
+
+
+BUCKET_RATIO = 1.25  # a bucket holds documents longer than 1 / BUCKET_RATIO of its longest one
+
+
+@dataclass
+class Bucket:
+    gather: torch.Tensor  # (docs, length) token index per slot, num_tokens for padding
+    valid: torch.Tensor  # (docs, length) bool
+    full: bool  # no padding slot
+
+
+def document_buckets(layout: TokenLayout) -> tuple[list[Bucket], torch.Tensor | None]:
+    """Documents grouped by length (longest first, each group padded to its own longest document).
+
+    Attention on a rectangle costs ~ docs * length^2, so grouping documents whose lengths are within a factor
+    `BUCKET_RATIO` keeps the padded area within ~1.6x of the real one, at one extra kernel call per group.
+    Returns the buckets and the permutation that puts bucket-ordered tokens back in stream order.
+    """
+    device = layout.cu_seqlens.device
+    order = sorted(range(len(layout.lengths)), key=lambda n: -layout.lengths[n])
+    groups: list[list[int]] = []
+    for n in order:
+        if groups and layout.lengths[n] * BUCKET_RATIO >= layout.lengths[groups[-1][0]]:
+            groups[-1].append(n)
+        else:
+            groups.append([n])
+    starts = layout.cu_seqlens[:-1].to(torch.int64)
+    buckets = []
+    for group in groups:
+        length = layout.lengths[group[0]]
+        docs = torch.tensor(group, device=device)
+        slot = torch.arange(length, device=device)
+        valid = slot[None, :] < torch.tensor([layout.lengths[n] for n in group], device=device)[:, None]
+        gather = torch.where(valid, starts[docs][:, None] + slot[None, :], layout.num_tokens)
+        buckets.append(Bucket(gather, valid, all(layout.lengths[n] == length for n in group)))
+    if len(buckets) == 1 and group == list(range(len(group))):
+        return buckets, None  # documents already in stream order
+    bucket_order = torch.cat([b.gather[b.valid] for b in buckets])
+    inverse = torch.empty_like(bucket_order)
+    inverse[bucket_order] = torch.arange(bucket_order.numel(), device=device)
+    return buckets, inverse
+
+
+def to_buckets(layout: TokenLayout, x: torch.Tensor) -> list[torch.Tensor]:
+    """``(num_tokens, ...)`` -> one ``(docs, length, ...)`` tensor per bucket (zeros in padding slots)."""
+    buckets, _ = layout.cached("buckets", lambda: document_buckets(layout))
+    if layout.uniform and len(buckets) == 1:
+        return [x.view(layout.num_docs, layout.max_seqlen, *x.shape[1:])]
+    source = torch.cat([x, x.new_zeros(1, *x.shape[1:])])
+    return [source[b.gather] for b in buckets]
+
+
+def from_buckets(layout: TokenLayout, outputs: list[torch.Tensor]) -> torch.Tensor:
+    """Inverse of `to_buckets` on the real tokens: back to ``(num_tokens, ...)`` in stream order."""
+    buckets, inverse = layout.cached("buckets", lambda: document_buckets(layout))
+    if layout.uniform and len(buckets) == 1:
+        return outputs[0].reshape(layout.num_tokens, *outputs[0].shape[2:])
+    flat = torch.cat([out[b.valid] if not b.full else out.flatten(0, 1) for out, b in zip(outputs, buckets)])
+    return flat if inverse is None else flat[inverse]
+
+
+@dataclass
+class BlockLocalIndex:
+    """Blocks of ``b`` queries, each with the ``3b`` keys of its own and neighbouring blocks (same document)."""
+
+    queries: torch.Tensor  # (blocks, b) token index, num_tokens for slots past the document's end
+    keys: torch.Tensor  # (blocks, 3b) token index, num_tokens outside the document
+    mask: torch.Tensor  # (blocks, 1, b, 3b) bool, True = attend
+    real_queries: torch.Tensor  # (blocks * b,) bool: the slots holding tokens, in stream order
+
+
+def block_local_index(layout: TokenLayout, window_half: int) -> BlockLocalIndex:
+    """Index tensors for local attention ``|i - j| <= window_half`` in blocks of ``b = max(window_half, 1)``.
+
+    Document ``n`` of length ``L`` gets ``ceil(L / b)`` blocks; block ``k`` holds queries ``k*b .. k*b+b-1`` and
+    keys ``(k-1)*b .. (k+2)*b-1``, which contain every key within ``window_half`` of those queries. Cost per query:
+    ``3b`` keys, whatever the document length.
+    """
+
+    def build():
+        b = max(window_half, 1)
+        device = layout.cu_seqlens.device
+        per_doc = [-(-n // b) for n in layout.lengths]
+        counts = torch.tensor(per_doc, device=device)
+        total = int(sum(per_doc))
+        doc = torch.repeat_interleave(torch.arange(len(per_doc), device=device), counts, output_size=total)
+        first_block = torch.nn.functional.pad(torch.cumsum(counts, 0), (1, 0))[:-1]
+        block = torch.arange(total, device=device) - first_block[doc]  # block number inside its document
+        start = layout.cu_seqlens[:-1].to(torch.int64)[doc]
+        length = torch.tensor(layout.lengths, device=device)[doc]
+        i = torch.arange(b, device=device)
+        t = torch.arange(3 * b, device=device)
+        q_pos = block[:, None] * b + i[None, :]  # (blocks, b) position in the document
+        k_pos = (block[:, None] - 1) * b + t[None, :]  # (blocks, 3b)
+        q_ok = q_pos < length[:, None]
+        k_ok = (k_pos >= 0) & (k_pos < length[:, None])
+        queries = torch.where(q_ok, start[:, None] + q_pos, layout.num_tokens)
+        keys = torch.where(k_ok, start[:, None] + k_pos, layout.num_tokens)
+        near = ((t[None, :] - b) - i[:, None]).abs() <= window_half  # (b, 3b), the same for every block
+        mask = near[None] & k_ok[:, None, :]
+        # Slots past a document's end get every key so that no softmax row is empty (their output is dropped).
+        mask = mask | ~q_ok[:, :, None]
+        return BlockLocalIndex(queries, keys, mask[:, None], q_ok.flatten())
+
+    return layout.cached(("block_local", window_half), build)

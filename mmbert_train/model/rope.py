@@ -36,7 +36,6 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate ``x`` of shape ``(num_tokens, heads, head_dim)`` with tables of shape ``(num_tokens, head_dim)``."""
-    cos = cos[:, None, :]
-    sin = sin[:, None, :]
-    return x * cos + rotate_half(x) * sin
+    """Rotate ``x`` of shape ``(num_tokens, ..., head_dim)`` with tables of shape ``(num_tokens, head_dim)``."""
+    shape = (cos.shape[0],) + (1,) * (x.dim() - 2) + (cos.shape[-1],)
+    return x * cos.view(shape) + rotate_half(x) * sin.view(shape)
