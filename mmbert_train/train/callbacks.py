@@ -1,0 +1,109 @@
+"""Composer callbacks of a training run: the model config in every checkpoint, loader metrics, and the optimizer
+state carried over from the previous phase."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from composer.core import Callback, Event, State
+from composer.loggers import Logger
+
+from mmbert_train.model import ModelConfig
+
+log = logging.getLogger(__name__)
+
+# per-batch floats the loader puts next to the tensors (mmbert_train.data.loader.METRIC_KEYS)
+BATCH_METRIC_KEYS = ("packing_efficiency", "mask_ratio")
+# param-group entries that belong to the new phase's recipe when an optimizer state is carried over
+HYPERPARAMETERS = (
+    "lr",
+    "initial_lr",
+    "max_lr",
+    "weight_decay",
+    "beta1",
+    "beta2",
+    "betas",
+    "eps",
+    "decouple_lr",
+)
+
+
+class ModelConfigRecorder(Callback):
+    """Stores the model's `ModelConfig` in every checkpoint (Contract 1):
+    ``state['callbacks']['ModelConfigRecorder']['model_config']`` is a plain dict of its fields, which
+    `mmbert_train.model.load_pretrained` reads to rebuild the model from our checkpoints."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        self.config = config
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model_config": self.config.to_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved = state.get("model_config")
+        if saved is not None and saved != self.config.to_dict():
+            changed = sorted(k for k in saved if saved.get(k) != self.config.to_dict().get(k))
+            log.info(
+                "resumed checkpoint was written with a different model config (%s); keeping the current one",
+                changed,
+            )
+
+
+class BatchMetricsLogger(Callback):
+    """Logs the loader's per-batch floats (``packing_efficiency``: real tokens / row capacity; ``mask_ratio``)
+    as ``data/<name>``."""
+
+    def after_dataloader(self, state: State, logger: Logger) -> None:
+        batch = state.batch
+        if not isinstance(batch, Mapping):
+            return
+        metrics = {f"data/{k}": float(batch[k]) for k in BATCH_METRIC_KEYS if k in batch}
+        if metrics:
+            logger.log_metrics(metrics)
+
+
+class LoadOptimizerState(Callback):
+    """Loads the previous phase's optimizer state (Adam moments) once, at the start of a fresh phase.
+
+    ``optim_state`` is a full (unsharded) optimizer state dict keyed by parameter names of our model
+    (``model.<HF key>`` under the Composer wrapper, as `torch.distributed.checkpoint.state_dict` names them); it is
+    applied with ``set_optimizer_state_dict`` so the same code serves single-process, DDP and FSDP. Skipped when
+    the run resumed from its own checkpoint (autoresume): that checkpoint's optimizer state is the right one.
+    The param-group hyper-parameters (lr, weight decay, ...) stay those of the new recipe.
+    """
+
+    def __init__(self, optim_state: dict[str, Any]) -> None:
+        self.optim_state = optim_state
+
+    def run_event(self, event: Event, state: State, logger: Logger) -> None:
+        if event != Event.FIT_START or self.optim_state is None:
+            return
+        if int(state.timestamp.batch) > 0:
+            self.optim_state = None
+            return
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        optimizer = state.optimizers[0]
+        groups = [dict(g) for g in optimizer.state_dict()["param_groups"]]
+        saved = dict(self.optim_state)
+        # keep the new phase's hyper-parameters; take the moments (and step counts) from the saved state
+        saved_groups = saved.get("param_groups", [])
+        merged_groups = []
+        for i, group in enumerate(saved_groups):
+            new = dict(group)
+            current = groups[min(i, len(groups) - 1)]
+            for key in HYPERPARAMETERS:  # the rest (step count, optimi's setup flags) is the saved state's
+                if key in current:
+                    new[key] = current[key]
+            merged_groups.append(new)
+        saved["param_groups"] = merged_groups
+        set_optimizer_state_dict(
+            state.model,
+            optimizer,
+            optim_state_dict=saved,
+            options=StateDictOptions(full_state_dict=True, strict=False),
+        )
+        log.info("loaded the optimizer state of init_from (%d tensors' moments)", len(saved.get("state", {})))
+        self.optim_state = None

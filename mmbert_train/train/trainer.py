@@ -1,0 +1,324 @@
+"""Assemble a Composer `Trainer` from a recipe: model (new or `init_from`), data, optimizer, schedule, parallelism,
+precision, checkpoints, loggers and callbacks.
+
+`build_trainer(recipe)` does everything but ``fit``; `train(recipe)` also fits. Both run the same way in one process
+(``python train.py RECIPE``) and under the Composer launcher (``composer -n 8 train.py RECIPE``), which sets the
+rank / world-size environment Composer reads.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from composer import Trainer
+from composer.callbacks import LRMonitor, SpeedMonitor
+from composer.core import DataSpec, Evaluator
+from composer.loggers import WandBLogger
+from composer.utils import dist, reproducibility
+
+from mmbert_train.config import Recipe, model_overrides, parse_time, recipe_to_yaml
+from mmbert_train.model import MMBertForMaskedLM, ModelConfig
+from mmbert_train.train.callbacks import BatchMetricsLogger, LoadOptimizerState, ModelConfigRecorder
+from mmbert_train.train.composer_model import MMBertComposerModel
+from mmbert_train.train.optim import build_optimizer
+from mmbert_train.train.schedulers import build_scheduler
+
+log = logging.getLogger(__name__)
+
+# architecture fields a checkpoint must share with the recipe's preset (the rest may be overridden per phase)
+SHAPE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+RECIPE_FILENAME = "recipe.yaml"
+
+
+class TrainSetupError(ValueError):
+    """The recipe cannot run here (device, launcher, checkpoint); the message says what to change."""
+
+
+# ------------------------------------------------------------------------------------------- device, precision
+
+
+def resolve_device(recipe: Recipe) -> str:
+    device = recipe.trainer.device
+    if device == "auto":
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    if device == "gpu" and not torch.cuda.is_available():
+        raise TrainSetupError("trainer.device is 'gpu' but CUDA is not available (set trainer.device=cpu)")
+    return device
+
+
+def resolve_precision(recipe: Recipe, device: str) -> str:
+    precision = recipe.trainer.precision
+    if precision == "auto":
+        return "amp_bf16" if device == "gpu" else "fp32"
+    if device == "cpu" and precision != "fp32":
+        raise TrainSetupError(f"trainer.precision {precision!r} needs a GPU; on CPU use fp32 (or auto)")
+    return precision
+
+
+def parallelism_config(recipe: Recipe, device: str, world_size: int) -> dict[str, Any] | None:
+    """Composer's ``parallelism_config``: None (single process or DDP, which Composer sets up by itself when
+    several ranks run) or FSDP. On CPU only FSDP2 works, which Composer picks when ``FSDP_VERSION=2``."""
+    mode = recipe.trainer.parallelism
+    if mode in ("auto", "ddp") or world_size == 1:
+        return None
+    fsdp = recipe.trainer.fsdp
+    if device == "cpu" and os.environ.get("FSDP_VERSION", "1") != "2":
+        raise TrainSetupError(
+            "trainer.parallelism=fsdp on CPU needs FSDP2: run with FSDP_VERSION=2 "
+            "(FSDP1 needs CUDA), or use trainer.parallelism=ddp"
+        )
+    config: dict[str, Any] = {
+        "sharding_strategy": fsdp.sharding_strategy,
+        "state_dict_type": fsdp.state_dict_type,
+        "mixed_precision": fsdp.mixed_precision,
+        "activation_checkpointing": fsdp.activation_checkpointing,
+    }
+    if os.environ.get("FSDP_VERSION", "1") == "2":
+        # FSDP2 has no sharding strategies or CPU offload knobs in Composer; FULL_SHARD is what it does
+        config = {k: v for k, v in config.items() if k not in ("sharding_strategy",)}
+    else:
+        config["cpu_offload"] = fsdp.cpu_offload
+    return {"fsdp": config}
+
+
+# -------------------------------------------------------------------------------------------------- model
+
+
+def _composer_optimizer_state(path: Path, trust_pickle: bool) -> dict[str, Any] | None:
+    """The optimizer state of a Composer checkpoint, keyed by our parameter names (``model.<HF key>``), or None
+    when the source has none (a Hugging Face directory, a weights-only checkpoint)."""
+    from mmbert_train.model import checkpoints
+
+    if path.is_dir():
+        return None
+    checkpoint = checkpoints.load_pickle(path, trust_pickle=trust_pickle)
+    state = checkpoint.get("state", {}) if isinstance(checkpoint, Mapping) else {}
+    optimizers = state.get("optimizers") or {}
+    if not optimizers:
+        return None
+    if len(optimizers) != 1:
+        raise TrainSetupError(f"{path}: expected one optimizer state, found {sorted(optimizers)}")
+    ((name, optim_state),) = optimizers.items()
+    per_param = optim_state.get("state", {})
+    if per_param and not all(isinstance(k, str) for k in per_param):
+        raise TrainSetupError(
+            f"{path}: optimizer {name!r} keys its state by parameter index, not by name, so it cannot be mapped "
+            "onto this model safely; set init_from.load_optimizer_state=false"
+        )
+    layout = checkpoints._composer_layout(state["model"])
+
+    def our_name(key: str) -> str | None:
+        if layout == "flexbert":
+            hf_key = checkpoints.flexbert_to_hf_key(key)
+        else:
+            hf_key = checkpoints._strip_wrappers(key)[len("model.") :]
+        if hf_key is None or hf_key == "decoder.weight":
+            return None  # the tied decoder weight is the embedding
+        return "model." + hf_key
+
+    renamed = {our_name(k): v for k, v in per_param.items() if our_name(k) is not None}
+    groups = []
+    for group in optim_state.get("param_groups", []):
+        group = dict(group)
+        group["params"] = [our_name(k) for k in group.get("params", []) if our_name(k) is not None]
+        groups.append(group)
+    return {"state": renamed, "param_groups": groups}
+
+
+def build_model(recipe: Recipe) -> tuple[MMBertForMaskedLM, dict[str, Any] | None]:
+    """A new model from the preset, or the ``init_from`` checkpoint's weights with the recipe's overrides
+    (e.g. the new RoPE theta); also the checkpoint's optimizer state when the recipe asks for it."""
+    init = recipe.init_from
+    if init is None:
+        reproducibility.seed_all(
+            recipe.trainer.seed
+        )  # the same initial weights on every rank and every rerun
+        return MMBertForMaskedLM(recipe.model_config), None
+    from mmbert_train.model import load_pretrained
+
+    path = Path(init.path)
+    if not path.exists():
+        raise TrainSetupError(
+            f"init_from.path {init.path!r} does not exist (relative paths are relative to {Path.cwd()}); "
+            "train the previous phase first or point it at a checkpoint"
+        )
+    model = load_pretrained(path, trust_pickle=init.trust_pickle, **model_overrides(recipe.model)).train()
+    if recipe.model.preset is not None:
+        expected = recipe.model_config
+        differ = [f for f in SHAPE_FIELDS if getattr(model.config, f) != getattr(expected, f)]
+        if differ:
+            detail = ", ".join(f"{f}: {getattr(model.config, f)} vs {getattr(expected, f)}" for f in differ)
+            raise TrainSetupError(
+                f"init_from {init.path} does not match model.preset {recipe.model.preset!r} ({detail})"
+            )
+    optim_state = None
+    if init.load_optimizer_state:
+        optim_state = _composer_optimizer_state(path, init.trust_pickle)
+        if optim_state is None:
+            log.warning("init_from %s holds no optimizer state; the optimizer starts fresh", init.path)
+    return model, optim_state
+
+
+# --------------------------------------------------------------------------------------------------- data
+
+
+def phase_tokens(recipe: Recipe) -> int | None:
+    value, unit = parse_time(recipe.trainer.max_duration)
+    if unit == "tok":
+        return int(value)
+    if unit == "ba":
+        return int(value * recipe.trainer.global_batch_size * recipe.data.max_seq_len)
+    return None
+
+
+def build_train_data(recipe: Recipe, model_config: ModelConfig) -> DataSpec:
+    from mmbert_train.data.loader import build_train_dataloader
+
+    return build_train_dataloader(
+        recipe.data,
+        global_batch_size=recipe.trainer.global_batch_size,
+        vocab_size=model_config.vocab_size,
+        device_microbatch_size=recipe.trainer.device_microbatch_size,
+        phase_tokens=phase_tokens(recipe),
+        mask_token_id=model_config.mask_token_id,
+        pad_id=model_config.pad_token_id,
+    )
+
+
+def build_evaluators(recipe: Recipe, model_config: ModelConfig) -> list[Evaluator]:
+    """Held-out evaluation per language and per group (``data.eval``), at a fixed mask ratio and seed."""
+    if not recipe.eval.enabled:
+        return []
+    try:
+        from mmbert_train.data import evaluation
+    except ImportError:
+        log.warning("mmbert_train.data.evaluation is not available; training without held-out evaluation")
+        return []
+    loaders = evaluation.build_eval_dataloaders(
+        recipe.data, vocab_size=model_config.vocab_size, mask_token_id=model_config.mask_token_id
+    )
+    return [
+        Evaluator(
+            label=label,
+            dataloader=spec,
+            metric_names=["MLMCrossEntropy", "MLMAccuracy"],
+            subset_num_batches=recipe.eval.subset_num_batches or -1,
+        )
+        for label, spec in loaders.items()
+    ]
+
+
+# ------------------------------------------------------------------------------------------------- loggers
+
+
+def _wandb_reachable(timeout: float = 2.0) -> bool:
+    try:
+        with socket.create_connection(("api.wandb.ai", 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def build_loggers(recipe: Recipe) -> list:
+    cfg = recipe.logging.wandb
+    if not cfg.enabled:
+        return []
+    mode = cfg.mode
+    if mode == "auto":
+        mode = "online" if _wandb_reachable() else "offline"
+    os.environ["WANDB_MODE"] = mode
+    return [WandBLogger(project=cfg.project, entity=cfg.entity, group=cfg.group)]
+
+
+# ------------------------------------------------------------------------------------------------- trainer
+
+
+def _save_recipe(recipe: Recipe, folder: str) -> None:
+    """The resolved recipe next to the checkpoints (rank 0, written atomically)."""
+    if dist.get_global_rank() != 0:
+        return
+    directory = Path(folder)
+    directory.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=directory, suffix=".tmp", delete=False) as handle:
+        handle.write(recipe_to_yaml(recipe))
+    os.replace(handle.name, directory / RECIPE_FILENAME)
+
+
+def build_trainer(
+    recipe: Recipe,
+    *,
+    train_dataloader: DataSpec | None = None,
+    eval_dataloader: Sequence[Evaluator] | None = None,
+    callbacks: Sequence[Any] = (),
+    loggers: Sequence[Any] | None = None,
+    **trainer_kwargs: Any,
+) -> Trainer:
+    """The Composer `Trainer` for one phase. ``train_dataloader`` / ``eval_dataloader`` replace the recipe's
+    data (tests use fixed, pre-packed batches); ``trainer_kwargs`` go to `Trainer` as they are."""
+    device = resolve_device(recipe)
+    precision = resolve_precision(recipe, device)
+    world_size = dist.get_world_size()
+    model, optim_state = build_model(recipe)
+    composer_model = MMBertComposerModel(model)
+    optimizer = build_optimizer(composer_model, recipe.optimizer, on_cuda=device == "gpu")
+    train_data = train_dataloader if train_dataloader is not None else build_train_data(recipe, model.config)
+    evaluators = (
+        list(eval_dataloader) if eval_dataloader is not None else build_evaluators(recipe, model.config)
+    )
+
+    all_callbacks: list[Any] = [ModelConfigRecorder(model.config), LRMonitor(), SpeedMonitor(window_size=50)]
+    if recipe.logging.packing_efficiency:
+        all_callbacks.append(BatchMetricsLogger())
+    if optim_state is not None:
+        all_callbacks.append(LoadOptimizerState(optim_state))
+    all_callbacks.extend(callbacks)
+
+    trainer_cfg = recipe.trainer
+    if trainer_cfg.save_folder is not None:
+        _save_recipe(recipe, trainer_cfg.save_folder)
+    per_rank_batch = max(1, trainer_cfg.global_batch_size // world_size)
+    kwargs: dict[str, Any] = dict(
+        model=composer_model,
+        train_dataloader=train_data,
+        eval_dataloader=evaluators or None,
+        eval_interval=recipe.eval.interval if evaluators else 1,
+        max_duration=trainer_cfg.max_duration,
+        optimizers=optimizer,
+        schedulers=build_scheduler(recipe.scheduler),
+        step_schedulers_every_batch=True,
+        device=device,
+        precision=precision,
+        device_train_microbatch_size=trainer_cfg.device_microbatch_size or per_rank_batch,
+        # token-weighted loss over microbatches and ranks (see composer_model.py)
+        accumulate_train_batch_on_tokens=True,
+        parallelism_config=parallelism_config(recipe, device, world_size),
+        compile_config={} if trainer_cfg.compile else None,
+        seed=trainer_cfg.seed,
+        run_name=trainer_cfg.run_name or recipe.name,
+        save_folder=trainer_cfg.save_folder,
+        save_interval=trainer_cfg.save_interval,
+        save_num_checkpoints_to_keep=trainer_cfg.save_num_checkpoints_to_keep,
+        save_overwrite=trainer_cfg.save_overwrite,
+        autoresume=trainer_cfg.autoresume,
+        loggers=list(loggers) if loggers is not None else build_loggers(recipe),
+        callbacks=all_callbacks,
+        progress_bar=trainer_cfg.progress_bar,
+        log_to_console=trainer_cfg.log_to_console,
+        console_log_interval=trainer_cfg.log_interval,
+    )
+    kwargs.update(trainer_kwargs)
+    return Trainer(**kwargs)
+
+
+def train(recipe: Recipe, **kwargs: Any) -> Trainer:
+    """Build the trainer and run the phase to ``trainer.max_duration``; returns the fitted trainer."""
+    trainer = build_trainer(recipe, **kwargs)
+    trainer.fit()
+    return trainer
