@@ -161,7 +161,9 @@ def sdpa_attention(q, k, v, layout: TokenLayout, window_half: int, dropout_p: fl
 def _compiled_flex_attention():
     from torch.nn.attention.flex_attention import flex_attention
 
-    return torch.compile(flex_attention, dynamic=False)
+    # Default dynamic: the stream length changes from batch to batch; after the first recompile torch.compile
+    # marks it dynamic instead of recompiling for every new length.
+    return torch.compile(flex_attention)
 
 
 def _flex_block_mask(layout: TokenLayout, window_half: int):
@@ -170,20 +172,20 @@ def _flex_block_mask(layout: TokenLayout, window_half: int):
     def build():
         total = -(-layout.num_tokens // _FLEX_BLOCK) * _FLEX_BLOCK
         pad = total - layout.num_tokens
-        # Padding slots form their own "document" -1 so they never mix with real tokens.
+        # Padding slots get document -1 and attend to nothing, so their blocks are skipped entirely.
         doc = F.pad(layout.doc_ids, (0, pad), value=-1)
         pos = F.pad(layout.position_ids, (0, pad), value=0)
 
         if window_half < 0:
 
             def mask_mod(b, h, q_idx, kv_idx):
-                return doc[q_idx] == doc[kv_idx]
+                return (doc[q_idx] == doc[kv_idx]) & (doc[q_idx] >= 0)
 
         else:
 
             def mask_mod(b, h, q_idx, kv_idx):
                 near = (pos[q_idx] - pos[kv_idx]).abs() <= window_half
-                return (doc[q_idx] == doc[kv_idx]) & near
+                return (doc[q_idx] == doc[kv_idx]) & (doc[q_idx] >= 0) & near
 
         device = layout.doc_ids.device
         return create_block_mask(mask_mod, 1, 1, total, total, device=device, _compile=device.type == "cuda")
