@@ -14,6 +14,15 @@ from mmbert_train.merge.testing import write_dcp_checkpoint
 from mmbert_train.model import MMBertForMaskedLM, ModelConfig, save_pretrained
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Many small tensor ops: on a shared, busy machine OpenMP threads cost far more than they bring."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")

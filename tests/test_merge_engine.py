@@ -21,6 +21,15 @@ from mmbert_train.model import ModelConfig
 CONFIG = ModelConfig.preset("tiny", vocab_size=320)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Many small tensor ops: on a shared, busy machine OpenMP threads cost far more than they bring."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def hf_dirs(tmp_path_factory):
     """Four Hugging Face directories written by transformers: a base and three 'decay variants'."""
