@@ -102,7 +102,7 @@ def _spec(corpus, **kw):
                                   rank=0, world_size=1, **kw)  # fmt: skip
 
 
-def _plain_streams(root):
+def plain_streams(root):
     """One stream per language, no proportions: an epoch reads every sample exactly once."""
     from streaming import Stream
 
@@ -110,7 +110,7 @@ def _plain_streams(root):
 
 
 def test_epoch_batches_format_and_every_token_once(corpus):
-    spec = _spec(corpus, global_batch_size=8, block_samples=32, streams=_plain_streams(corpus))
+    spec = _spec(corpus, global_batch_size=8, block_samples=32, streams=plain_streams(corpus))
     batches = list(spec.dataloader)
     dataset = spec.dataloader.dataset
     assert len(batches) > 5
@@ -190,18 +190,24 @@ def test_delivered_token_shares_match_plan(tmp_path):
 
 
 RUN_LOADER = """
-import json, sys, torch
+import json, os, sys, torch
 sys.path.insert(0, {tests!r})
 from pathlib import Path
-from test_loader import data_config, VOCAB
+from test_loader import data_config, plain_streams, VOCAB
 from mmbert_train.data.loader import build_train_dataloader
 from mmbert_train.data.spec import BatchWarmupConfig
+
+if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    from composer.devices import DeviceCPU
+    from composer.utils import dist
+    dist.initialize_dist(DeviceCPU())
 
 mode, root, out, n_before, n_after = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 cfg = data_config(root, num_workers=2, max_seq_len=64,
                   batch_warmup=BatchWarmupConfig(start_batch_size=2, tokens=64 * 120))
 spec = build_train_dataloader(cfg, global_batch_size={global_batch}, vocab_size=VOCAB, block_samples=8,
-                              phase_tokens=2_000_000, clean_shared_memory=False)
+                              phase_tokens=2_000_000, clean_shared_memory=False,
+                              streams=plain_streams(root) if mode == "epoch" else None)
 dataset = spec.dataloader.dataset
 if mode == "resume":
     dataset.load_state_dict(json.loads((out / "state.json").read_text()))
@@ -209,11 +215,15 @@ batches, it = [], iter(spec.dataloader)
 if mode == "full":
     for _ in range(n_before):
         next(it)
-    state = dataset.state_dict(dataset.rows_in_epoch, True)
-    (out / "state.json").write_text(json.dumps(state))
-    (out / "buffered.json").write_text(json.dumps(dataset.buffered_rows))
-for _ in range(n_after):
-    batches.append(next(it))
+    state = dataset.state_dict(dataset.rows_in_epoch, True)  # every rank calls it, as Composer does
+    if dataset.rank == 0:
+        (out / "state.json").write_text(json.dumps(state))
+        (out / "buffered.json").write_text(json.dumps(dataset.buffered_rows))
+if mode == "epoch":
+    batches = list(it)
+else:
+    for _ in range(n_after):
+        batches.append(next(it))
 torch.save(batches, out / f"{{mode}}-{{dataset.rank}}.pt")
 (out / f"{{mode}}-{{dataset.rank}}.json").write_text(json.dumps(dataset.raw_samples_before_first_batch))
 """
@@ -224,6 +234,7 @@ def run_loader_script(tmp_path, corpus, mode, n_before, n_after, global_batch=8,
     script.write_text(RUN_LOADER.format(tests=str(TESTS_DIR), global_batch=global_batch))
     env = dict(os.environ, PYTHONPATH=str(TESTS_DIR.parent))
     cmd = [*launcher, str(script)] if launcher else [sys.executable, str(script)]
+    env.pop("WORLD_SIZE", None)
     result = subprocess.run(
         [*cmd, mode, str(corpus), str(tmp_path), str(n_before), str(n_after)],
         capture_output=True, text=True, env=env, timeout=300,

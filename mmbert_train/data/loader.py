@@ -193,15 +193,21 @@ class PackedMLMDataset(IterableDataset):
         )
         yield from loader
 
-    def _streaming_state(self, epoch: int, sample_in_epoch: int) -> dict[str, Any]:
-        state = self.raw.state_dict(sample_in_epoch, True)
-        state.update(epoch=epoch, sample_in_epoch=sample_in_epoch)
-        return state
+    def _streaming_settings(self) -> dict[str, Any]:
+        """What Streaming needs, besides the position, to rebuild the same epoch order on resume."""
+        state = self.raw.state_dict(0, True)
+        return {k: state[k] for k in ("num_canonical_nodes", "shuffle_seed", "initial_physical_nodes")}
 
     # ------------------------------------------------------------------------------------------ iteration
     def __iter__(self) -> Iterator[dict[str, Any]]:
         resume, self._resume = self._resume, None
-        if resume is not None:
+        if resume is None:
+            # Streaming's epoch counter (shared memory, advanced by its workers) says which epoch is read next
+            self.epoch = max(self.epoch, self.raw.next_epoch)
+            self.batch_in_epoch = self.rows_in_epoch = 0
+            self.block, self.rows_into_block = 0, 0
+            start_block = 0
+        else:
             self.epoch = resume["epoch"]
             self.batch_in_epoch = resume["batch_in_epoch"]
             self.rows_in_epoch = resume["rows_in_epoch"]
@@ -209,13 +215,12 @@ class PackedMLMDataset(IterableDataset):
             mine = resume["ranks"][self.rank]
             self.block, self.rows_into_block = mine["block"], mine["rows_into_block"]
             start_block = min(r["block"] for r in resume["ranks"])
-        else:
-            self.block, self.rows_into_block = 0, 0
-            start_block = 0
         resume_block, skip_rows = self.block, self.rows_into_block
-        if start_block > 0 or self.raw.next_epoch != self.epoch:
+        if resume is not None:
+            # every rank writes the same state: Streaming restarts all ranks at the earliest block start
+            sample_in_epoch = start_block * self.block_samples * self.world_size
             self.raw.load_state_dict(
-                self._streaming_state(self.epoch, start_block * self.block_samples * self.world_size)
+                {"epoch": self.epoch, "sample_in_epoch": sample_in_epoch, **resume["streaming"]}
             )
 
         L = self.max_seq_len
@@ -311,6 +316,7 @@ class PackedMLMDataset(IterableDataset):
             "block_samples": self.block_samples,
             "world_size": self.world_size,
             "ranks": ranks,
+            "streaming": self._streaming_settings(),
         }
 
     def load_state_dict(self, obj: dict[str, Any]) -> None:
