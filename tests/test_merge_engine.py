@@ -233,3 +233,32 @@ def test_shipped_recipes_run_on_checkpoints_named_like_ours(hf_dirs, tmp_path, m
     want = linear_merge([weights_of(hf_dirs[i]) for _, i in order[1:]], [1 / 15, 2 / 15, 4 / 15, 8 / 15])
     got = weights_of(ckpt / "small_merged")
     assert all(torch.allclose(got[k], want[k], rtol=0, atol=1e-7) for k in want)
+
+
+def test_composer_checkpoints_merge_with_config_tokenizer_and_progress(tmp_path, capsys):
+    """Our Composer .pt files (keys "model." + HF key, config in ModelConfigRecorder) as merge inputs."""
+    from data_prep.testing import make_tokenizer
+
+    states = [random_state(CONFIG, seed) for seed in range(3)]
+    paths = []
+    for i, state in enumerate(states):
+        path = tmp_path / f"ep0-ba{(i + 1) * 100}-rank0.pt"
+        checkpoint = {
+            "state": {
+                "model": {"model." + k: v for k, v in state.items()},
+                "callbacks": {"ModelConfigRecorder": {"model_config": CONFIG.to_dict()}},
+            }
+        }
+        torch.save(checkpoint, path)
+        paths.append(path)
+    tokenizer = make_tokenizer(tmp_path / "tokenizer")
+    out = tmp_path / "merged"
+    assert main(["--method", "ties", "--base", str(paths[0]), "--models", *map(str, paths[1:]), "--out", str(out),
+                 "--tokenizer", str(tokenizer), "--density", "0.7"]) == 0  # fmt: skip
+    assert "merge (ties)" in capsys.readouterr().err  # the tqdm progress bar
+    want = ties_merge(states[0], states[1:], density=0.7)
+    got = weights_of(out)
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    config = json.loads((out / "config.json").read_text())
+    assert config == CONFIG.to_hf_dict()  # the base's recorded ModelConfig, as transformers reads it
+    assert (out / "tokenizer.json").read_bytes() == (tokenizer / "tokenizer.json").read_bytes()
