@@ -36,8 +36,8 @@ def file_kind(path: Path) -> str:
     raise RawInputError(f"{path}: unknown file type; expected one of {', '.join('*' + s for s in SUFFIXES)}")
 
 
-def _check_text(text: object, field: str) -> str | None:
-    """The reason a text value is not a document, or ``None`` when it is one."""
+def check_text(text: object, field: str) -> str | None:
+    """The reason a text value is not a document, or ``None`` when it is one (shared by every reader)."""
     if text is None:
         return f"field {field!r} is null"
     if not isinstance(text, str):
@@ -68,7 +68,7 @@ def _json_lines(stream: io.BufferedIOBase, field: str) -> Iterator[Record]:
             yield number, None, f"missing text field {field!r}"
             continue
         text = record[field]
-        reason = _check_text(text, field)
+        reason = check_text(text, field)
         yield number, (None if reason else text), reason
 
 
@@ -94,7 +94,7 @@ def _parquet(path: Path, field: str) -> Iterator[Record]:
     for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=[field]):
         for text in batch.column(0).to_pylist():
             row += 1
-            reason = _check_text(text, field)
+            reason = check_text(text, field)
             yield row, (None if reason else text), reason
 
 
@@ -105,7 +105,7 @@ def _txt(path: Path) -> Iterator[Record]:
     except UnicodeDecodeError as exc:
         yield None, None, f"invalid UTF-8 at byte {exc.start}"
         return
-    reason = _check_text(text, "text")
+    reason = check_text(text, "text")
     yield None, (None if reason else text), reason
 
 

@@ -5,19 +5,20 @@ Pipeline, for every (source, language) group:
 1. Each input file (or Hugging Face dataset shard) is a *part*, tokenized by one worker process into its own
    small MDS datasets ``train/`` and ``heldout/`` under ``MDS/<source>/.<language>.partial/parts/NNNNN``
    (written under a temporary name, renamed when complete, so a resumed run reuses finished parts).
-2. When all parts of a group are done, the main process merges them in file order into
-   ``MDS/<source>/<language>/`` (shards renamed into one sequence, one ``index.json``), writes ``done.json`` and
-   renames the staging folder into place. That rename is the commit point: a folder named ``<language>``
-   (without a leading dot) is always finished, and a rerun skips it.
+2. When all parts of a group are done, the main process merges them in file order into ``.partial/out/``
+   (shards hard-linked into one numbered sequence, one ``index.json``, ``done.json``) and renames that folder
+   to ``MDS/<source>/<language>/``. That rename is the commit point: a folder named ``<language>`` (without a
+   leading dot) is always finished, and a rerun skips it. The parts are only read, so a merge killed halfway
+   is simply redone.
 
 Samples: every document becomes ``<bos> t_1 .. t_k <eos>`` when ``k <= max_seq_len - 2``; a longer one is cut into
 consecutive pieces of ``max_seq_len - 2`` tokens, each wrapped in bos/eos, so no token is lost. Ids are uint32.
 
 Held-out split: a document is held out when ``u(text) < heldout_fraction``, with ``u`` the first 8 bytes of
 ``blake2b(text)`` read as a fraction in [0, 1) (identical texts always land on the same side). When a group with
-two or more documents would get none, the document with the smallest ``u`` is held out instead (unless the
-fraction is 0, which turns the held-out split off). Each part
-therefore keeps back its smallest-``u`` training document (the *candidate*) until the merge decides.
+two or more documents would get none, the document with the smallest ``u`` is held out instead (a fraction of 0
+turns the split off). Each part therefore keeps back its smallest-``u`` training document (the *candidate*)
+until the merge decides, and a candidate that stays in training is written after the parts' shards.
 """
 
 from __future__ import annotations
@@ -86,19 +87,32 @@ class PartInput:
 def _load_hf(spec: HFSpec):
     import datasets
 
-    if Path(spec.name).is_dir() and (Path(spec.name) / "state.json").exists():
-        # a folder written by Dataset.save_to_disk
-        return datasets.load_from_disk(spec.name).to_iterable_dataset()
-    return datasets.load_dataset(spec.name, spec.config, split=spec.split, streaming=True)
+    try:
+        if Path(spec.name).is_dir() and (Path(spec.name) / "state.json").exists():
+            # a folder written by Dataset.save_to_disk
+            return datasets.load_from_disk(spec.name).to_iterable_dataset()
+        return datasets.load_dataset(spec.name, spec.config, split=spec.split, streaming=True)
+    except Exception as exc:  # not found, offline, unknown config or split, ...
+        raise PrepError(
+            f"cannot open the Hugging Face dataset {spec.name!r} (config {spec.config!r}, split {spec.split!r}): "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
 
 
-def hf_num_shards(spec: HFSpec) -> int:
+def hf_num_shards(spec: HFSpec, text_field: str = "text") -> int:
+    """How many shards (usually files) the dataset streams from; checks the text column when it is known."""
     ds = _load_hf(spec)
+    columns = getattr(ds, "column_names", None)
+    if columns and text_field not in columns:
+        raise PrepError(
+            f"Hugging Face dataset {spec.name!r} has no column {text_field!r} (columns: {', '.join(columns)}); "
+            "set --text-field"
+        )
     return int(getattr(ds, "num_shards", getattr(ds, "n_shards", 1)) or 1) if hasattr(ds, "shard") else 1
 
 
 def _read_hf(part: PartInput, text_field: str) -> Iterator[tuple[int | None, str | None, str | None]]:
-    from data_prep.readers import _check_text
+    from data_prep.readers import check_text
 
     ds = _load_hf(part.hf)
     if part.hf_num_shards > 1:
@@ -108,7 +122,7 @@ def _read_hf(part: PartInput, text_field: str) -> Iterator[tuple[int | None, str
             yield row, None, f"missing text field {text_field!r}"
             continue
         text = record[text_field]
-        reason = _check_text(text, text_field)
+        reason = check_text(text, text_field)
         yield row, (None if reason else text), reason
 
 
@@ -418,11 +432,11 @@ def plan_raw(raw_dir: str | Path) -> list[GroupPlan]:
     return plans
 
 
-def plan_hf(spec: HFSpec, source: str, language: str) -> list[GroupPlan]:
+def plan_hf(spec: HFSpec, source: str, language: str, text_field: str = "text") -> list[GroupPlan]:
     from data_prep.languages import check_language
 
     check_language(language, "--language")
-    n = hf_num_shards(spec)
+    n = hf_num_shards(spec, text_field)
     parts = [PartInput(hf=spec, hf_shard=i, hf_num_shards=n) for i in range(n)]
     return [GroupPlan(source, language, parts, [asdict(spec), n])]
 
@@ -701,7 +715,8 @@ def main(argv: list[str]) -> int:
     if args.input and (args.source or args.language):
         parser.error("--source/--language go with --hf-dataset; with --input they come from the folder names")
     if args.hf_dataset:
-        plans = plan_hf(HFSpec(args.hf_dataset, args.hf_config, args.hf_split), args.source, args.language)
+        spec = HFSpec(args.hf_dataset, args.hf_config, args.hf_split)
+        plans = plan_hf(spec, args.source, args.language, args.text_field)
     else:
         plans = plan_raw(args.input)
     summary = run_tokenize(

@@ -367,7 +367,12 @@ def test_hf_dataset_saved_to_disk_and_parquet_shards(tmp_path, tokenizer_dir, hf
 
     texts = [f"saved doc {i}" for i in range(6)]
     datasets.Dataset.from_list([{"body": t} for t in texts]).save_to_disk(str(tmp_path / "saved"))
-    plans = tokmod.plan_hf(tokmod.HFSpec(str(tmp_path / "saved"), None, "train"), "saved", "eng")
+    spec = tokmod.HFSpec(str(tmp_path / "saved"), None, "train")
+    with pytest.raises(tokmod.PrepError, match=r"has no column 'text' \(columns: body\); set --text-field"):
+        tokmod.plan_hf(spec, "saved", "eng")
+    with pytest.raises(tokmod.PrepError, match="cannot open the Hugging Face dataset .*missing"):
+        tokmod.plan_hf(tokmod.HFSpec(str(tmp_path / "missing"), None, "train"), "saved", "eng")
+    plans = tokmod.plan_hf(spec, "saved", "eng", text_field="body")
     run_tokenize(
         plans, tmp_path / "mds", str(tokenizer_dir), text_field="body", heldout_fraction=0.0, progress=False
     )
