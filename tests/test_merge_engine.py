@@ -262,3 +262,18 @@ def test_composer_checkpoints_merge_with_config_tokenizer_and_progress(tmp_path,
     config = json.loads((out / "config.json").read_text())
     assert config == CONFIG.to_hf_dict()  # the base's recorded ModelConfig, as transformers reads it
     assert (out / "tokenizer.json").read_bytes() == (tokenizer / "tokenizer.json").read_bytes()
+
+
+def test_model_globs_sort_by_batch_count_and_errors(tmp_path):
+    from mmbert_train.merge.cli import expand_models
+
+    for name in ["ep0-ba1000-rank0.pt", "ep0-ba500-rank0.pt", "ep1-ba2650-rank0.pt", "latest-rank0.pt"]:
+        (tmp_path / name).touch()
+    pattern = str(tmp_path / "ep*-ba*-rank0.pt")
+    names = [Path(p).name for p in expand_models([pattern], None)]
+    assert names == ["ep0-ba500-rank0.pt", "ep0-ba1000-rank0.pt", "ep1-ba2650-rank0.pt"]
+    assert [Path(p).name for p in expand_models([pattern], 2)] == names[1:]
+    with pytest.raises(MergeError, match="no checkpoint matches"):
+        expand_models([str(tmp_path / "nothing-*.pt")], None)
+    with pytest.raises(MergeError, match="last: 4 asks for more checkpoints than the 3 given"):
+        expand_models([pattern], 4)
