@@ -132,14 +132,6 @@ def is_dcp_dir(path: Path) -> bool:
     return path.is_dir() and (path / ".metadata").is_file()
 
 
-def composer_to_hf_key(key: str) -> str:
-    """A Composer model key (``model.`` + HF key, or FlexBert's names) as the Hugging Face key."""
-    key = key.removeprefix("model.")
-    if key.startswith("bert."):  # FlexBert, the ModernBERT training code (docs: checkpoint-layouts.md)
-        key = "model." + key.removeprefix("bert.").replace("encoder.layers.", "layers.", 1)
-    return key
-
-
 def _dcp_load(path: Path, state_dict: dict[str, Any]) -> None:
     import torch.distributed.checkpoint as dcp
 
@@ -159,6 +151,8 @@ class DcpStateDict(Mapping[str, Tensor]):
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
+        from mmbert_train.model.checkpoints import flexbert_to_hf_key
+
         self.path = path
         try:
             metadata = dcp.FileSystemReader(str(path)).read_metadata()
@@ -170,8 +164,9 @@ class DcpStateDict(Mapping[str, Tensor]):
         self._fqn: dict[str, str] = {}
         for fqn, info in self._items.items():
             if fqn.startswith(DCP_MODEL_PREFIX) and isinstance(info, TensorStorageMetadata):
-                key = composer_to_hf_key(fqn.removeprefix(DCP_MODEL_PREFIX))
-                if key != TIED_DECODER:
+                # Composer model key -> HF key: ours ("model." + HF key) or FlexBert's, wrappers stripped
+                key = flexbert_to_hf_key(fqn.removeprefix(DCP_MODEL_PREFIX))
+                if key is not None:  # None: the tied decoder weight
                     self._fqn[key] = fqn
         if not self._fqn:
             raise CheckpointError(
