@@ -166,7 +166,10 @@ def test_faulty_records_are_skipped_and_counted_exactly(tmp_path, tokenizer_dir,
     counts = load_manifest(tmp_path / "mds")["sources"]["web"]["eng"]
     assert counts["documents"] == 3
     assert counts["skipped"] == 8 + 2 + 1
-    err = capsys.readouterr().err
+    captured = capsys.readouterr()
+    err = captured.err
+    assert "tokenized 1 group(s) (0 already done): 3 documents" in captured.out
+    assert "11 skipped records" in captured.out
     assert "web/eng: skipped 11 record(s)" in err
     assert f"{lang / 'a.jsonl'}:2: invalid JSON" in err
     assert f"{lang / 'a.jsonl'}:3: invalid UTF-8" in err
