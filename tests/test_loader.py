@@ -253,23 +253,89 @@ def assert_same_batches(a, b):
                 assert x[key] == y[key], key
 
 
+RUN_TRAINER = """
+import json, sys, torch
+sys.path.insert(0, {tests!r})
+from pathlib import Path
+from composer import Callback, Event, Trainer
+from composer.models import ComposerModel
+from test_loader import data_config, VOCAB
+from mmbert_train.data.loader import build_train_dataloader
+from mmbert_train.data.spec import BatchWarmupConfig
+
+mode, root, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+
+
+class Toy(ComposerModel):
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(VOCAB, 1)
+
+    def forward(self, batch):
+        return self.emb(batch["input_ids"]).mean()
+
+    def loss(self, outputs, batch):
+        return outputs
+
+
+class Record(Callback):
+    def __init__(self):
+        self.batches, self.info = [], {{}}
+
+    def run_event(self, event, state, logger):
+        if event not in (Event.AFTER_DATALOADER, Event.BATCH_CHECKPOINT):
+            return
+        dataset = state.train_dataloader.dataset
+        if event == Event.AFTER_DATALOADER:
+            if not self.batches:
+                self.info["raw_read"] = dataset.raw_samples_before_first_batch
+            self.batches.append(state.batch)
+        if event == Event.BATCH_CHECKPOINT and int(state.timestamp.batch) == 20:
+            self.info["buffered_at_checkpoint"] = dataset.buffered_rows
+
+
+cfg = data_config(root, num_workers=2, max_seq_len=64,
+                  batch_warmup=BatchWarmupConfig(start_batch_size=2, tokens=64 * 120))
+spec = build_train_dataloader(cfg, global_batch_size=8, vocab_size=VOCAB, block_samples=8, device_microbatch_size=2,
+                              phase_tokens=2_000_000, clean_shared_memory=False)
+record = Record()
+model = Toy()
+trainer = Trainer(
+    model=model, train_dataloader=spec, max_duration="26ba", device="cpu", device_train_microbatch_size=2,
+    optimizers=torch.optim.SGD(model.parameters(), lr=0.0), callbacks=[record], progress_bar=False,
+    save_folder=str(out / "ckpt") if mode == "full" else None, save_interval="20ba", save_overwrite=True,
+    load_path=str(out / "ckpt" / "ep0-ba20-rank0.pt") if mode == "resume" else None,
+)
+trainer.fit()
+torch.save(record.batches, out / f"trainer-{{mode}}.pt")
+(out / f"trainer-{{mode}}.json").write_text(json.dumps(record.info))
+"""
+
+
 @pytest.mark.slow
-def test_resume_in_fresh_process_gives_the_same_batches(corpus, tmp_path):
-    """num_workers=2, batch-size warmup on, non-empty packing buffer at the checkpoint."""
-    n_before, n_after = 25, 6
-    run_loader_script(tmp_path, corpus, "full", n_before, n_after)
-    state = json.loads((tmp_path / "state.json").read_text())
-    assert json.loads((tmp_path / "buffered.json").read_text()) > 0  # rows waiting in the packer
-    assert state["ranks"][0]["rows_into_block"] > 0 and state["batch_in_epoch"] == n_before
-    run_loader_script(tmp_path, corpus, "resume", 0, n_after)
-    full, resumed = torch.load(tmp_path / "full-0.pt"), torch.load(tmp_path / "resume-0.pt")
-    assert_same_batches(full, resumed)
-    # the warmup is visible: batch sizes grow across the run
-    assert full[0]["input_ids"].shape[0] < 8 or resumed[-1]["input_ids"].shape[0] == 8
-    # resuming read one block to restart plus what the first batch needs, not the epoch so far
-    rows_needed = resumed[0]["input_ids"].shape[0]
-    read = json.loads((tmp_path / "resume-0.json").read_text())
-    assert read <= 8 * (2 + rows_needed)  # block_samples=8; at least one sample per row
-    assert (
-        state["ranks"][0]["block"] >= 4 and read < 8 * state["ranks"][0]["block"]
-    )  # no replay from the start
+def test_composer_trainer_resume_gives_the_same_batches(corpus, tmp_path):
+    """Composer saves the loader state at batch 20 and resumes in a fresh process (num_workers=2, batch-size
+    warmup on, rows waiting in the packer): batches 21..26 are the uninterrupted run's."""
+    script = tmp_path / "run_trainer.py"
+    script.write_text(RUN_TRAINER.format(tests=str(TESTS_DIR)))
+    env = dict(os.environ, PYTHONPATH=str(TESTS_DIR.parent))
+    env.pop("WORLD_SIZE", None)
+    for mode in ("full", "resume"):
+        result = subprocess.run([sys.executable, str(script), mode, str(corpus), str(tmp_path)],
+                                capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    full, resumed = torch.load(tmp_path / "trainer-full.pt"), torch.load(tmp_path / "trainer-resume.pt")
+    assert len(full) == 26 and len(resumed) == 6
+    assert_same_batches(full[20:], resumed)
+    info = json.loads((tmp_path / "trainer-full.json").read_text())
+    assert info["buffered_at_checkpoint"] > 0  # the packer held rows at the checkpoint
+    sizes = [b["input_ids"].shape[0] for b in full]
+    # the warmup (2 -> 8 rows over 120 rows), in whole microbatches of 2
+    assert sizes[0] == 2 and sizes[-1] > 2 and sizes == sorted(sizes) and all(s % 2 == 0 for s in sizes)
+    # the saved position: Composer's row count matches, and resuming reads a bounded number of raw samples
+    state = torch.load(tmp_path / "ckpt" / "ep0-ba20-rank0.pt", weights_only=False)["state"]["dataset_state"]
+    loader_state = state["train"]
+    assert loader_state["rows_in_epoch"] == sum(sizes[:20])
+    read = json.loads((tmp_path / "trainer-resume.json").read_text())["raw_read"]
+    block = loader_state["ranks"][0]["block"]
+    assert block >= 3 and read <= 8 * (2 + sizes[20]) and read < 8 * block
