@@ -31,3 +31,7 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
+
+# The whole chain at toy scale on CPU (prep -> 5 phases -> merge -> export -> fill-mask); last line: final model: DIR
+smoke: $(STAMP)
+	$(PY) scripts/smoke.py

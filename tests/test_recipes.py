@@ -13,11 +13,9 @@ RECIPES = ROOT / "recipes"
 
 
 def shipped_recipes() -> list[Path]:
-    """Every runnable training recipe: partial files start with `_`; merge recipes belong to `mmbert merge`."""
+    """Every runnable training recipe: partial files start with `_`; `*merge.yaml` belong to `mmbert merge`."""
     return sorted(
-        p
-        for p in RECIPES.rglob("*.yaml")
-        if not p.name.startswith("_") and not p.name.endswith("_merge.yaml")
+        p for p in RECIPES.rglob("*.yaml") if not p.name.startswith("_") and not p.stem.endswith("merge")
     )
 
 
@@ -194,3 +192,47 @@ def test_every_recipe_value_has_a_comment():
             ):
                 continue
             assert "#" in line, f"{path.name}:{number}: value without a comment: {stripped}"
+
+
+def synthetic_manifest(recipes) -> dict:
+    """Every source the recipes name, multilingual ones holding all 1834 published ids, fixed ones their ids."""
+    all_ids = [
+        line.strip()
+        for line in (RECIPES / "languages" / "phase3_decay_all.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert len(all_ids) == 1834
+    counts = {"documents": 10, "samples": 10, "tokens": 10_000, "skipped": 0, "heldout_documents": 1}
+    sources: dict[str, dict] = {}
+    for recipe in recipes:
+        for source in recipe.data.sources:
+            ids = source.languages if source.languages else all_ids
+            sources.setdefault(source.name, {}).update({i: dict(counts) for i in ids})
+    return {"tokenizer": "jhu-clsp/mmBERT-base", "max_seq_len": 8192, "sources": sources}
+
+
+BIG_RECIPES = [p for p in shipped_recipes() if p.parent == RECIPES]
+
+
+def test_data_validation_passes_on_a_manifest_with_all_published_ids():
+    from mmbert_train.data.sampling import build_phase_plan
+
+    recipes = [load_recipe(p) for p in BIG_RECIPES]
+    manifest = synthetic_manifest(recipes)
+    for path, recipe in zip(BIG_RECIPES, recipes):
+        plan = build_phase_plan(recipe.data, manifest, check_files=False)
+        assert plan.entries, path.name
+
+
+def test_missing_language_data_fails_with_the_language_named():
+    from mmbert_train.data.sampling import DataValidationError, build_phase_plan
+
+    recipe = load_recipe(RECIPES / "base_decay.yaml")
+    manifest = synthetic_manifest([recipe])
+    del manifest["sources"]["fineweb2"]["fao"]
+    with pytest.raises(DataValidationError, match="fao"):
+        build_phase_plan(recipe.data, manifest, check_files=False)
+    manifest = synthetic_manifest([recipe])
+    del manifest["sources"]["megawika"]
+    with pytest.raises(DataValidationError, match="source 'megawika' does not exist"):
+        build_phase_plan(recipe.data, manifest, check_files=False)

@@ -1,0 +1,233 @@
+"""`make smoke`: the whole mmBERT chain at toy scale on the UDHR sample corpus, on CPU, in a few minutes.
+
+    prep udhr -> train-tokenizer -> tokenize -> plan (each phase) -> pretrain -> midtrain
+    -> decay Eng / Cont / All (from the same midtrain checkpoint) -> TIES merge -> HF export -> fill-mask
+
+Every step runs the command a user would run (``mmbert ...``, ``python train.py ...``). Before and after each
+phase the held-out text of the phase's languages is scored at ONE fixed mask ratio and seed (data.eval in
+recipes/smoke/_common.yaml), so the numbers compare across phases whose training mask ratios differ; the run fails
+unless the loss falls in every phase. The last line is ``final model: <Hugging Face directory>``.
+
+Prepared data is reused on a rerun (each prep step skips finished work); checkpoints, merge and export are
+redone from scratch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BUILD = Path("build/smoke")
+RAW, TOKENIZER, MDS = BUILD / "raw", BUILD / "tokenizer", BUILD / "mds"
+CHECKPOINTS, MERGED, EXPORT = BUILD / "checkpoints", BUILD / "merged", BUILD / "hf"
+VOCAB_SIZE = 4096  # recipes/smoke/_common.yaml: model.vocab_size
+PREP_MAX_SEQ_LEN = 512
+ENGLISH_SOURCE = "udhr_eng"  # recipes/smoke/decay_eng.yaml
+PHASES = [  # (name, recipe); the three decays start from the same midtrain checkpoint
+    ("pretrain", "recipes/smoke/pretrain.yaml"),
+    ("midtrain", "recipes/smoke/midtrain.yaml"),
+    ("decay_eng", "recipes/smoke/decay_eng.yaml"),
+    ("decay_cont", "recipes/smoke/decay_cont.yaml"),
+    ("decay_all", "recipes/smoke/decay.yaml"),
+]
+FILL_MASK_TEXT = "All human beings are born free and equal in <mask> and rights."
+
+BIN = Path(sys.executable).parent
+MMBERT = [str(BIN / "mmbert")] if (BIN / "mmbert").exists() else [sys.executable, "-m", "mmbert_train.cli"]
+
+
+def step(title: str) -> None:
+    print(f"\n==> {title}", flush=True)
+
+
+def run(*args: str, env: dict | None = None) -> None:
+    print("$ " + " ".join(args), flush=True)
+    subprocess.run(list(args), check=True, env={**os.environ, **(env or {})})
+
+
+def prepare_data(workers: int) -> None:
+    step("sample corpus: mmbert prep udhr")
+    if (RAW / "udhr").is_dir() and any((RAW / "udhr").iterdir()):
+        print(f"{RAW / 'udhr'} is there; reusing it")
+    else:
+        run(*MMBERT, "prep", "udhr", "--output", str(RAW))
+    step("tokenizer: mmbert prep train-tokenizer")
+    if (TOKENIZER / "tokenizer.json").is_file():
+        print(f"{TOKENIZER} is there; reusing it")
+    else:
+        run(*MMBERT, "prep", "train-tokenizer", "--input", str(RAW), "--output", str(TOKENIZER),
+            "--vocab-size", str(VOCAB_SIZE))  # fmt: skip
+    step("tokenize to MDS: mmbert prep tokenize (finished languages are skipped on a rerun)")
+    run(*MMBERT, "prep", "tokenize", "--input", str(RAW), "--output", str(MDS), "--tokenizer", str(TOKENIZER),
+        "--max-seq-len", str(PREP_MAX_SEQ_LEN), "--workers", str(workers), "--no-progress")  # fmt: skip
+    # Decay-Eng takes English as a fixed-share source, as the real recipe takes DCLM: give it its own source
+    # folder (a copy of udhr/eng) and rebuild the manifest with `mmbert prep stats`.
+    english = MDS / ENGLISH_SOURCE / "eng"
+    if not english.is_dir():
+        step(f"English as its own source for Decay-Eng: {english} + mmbert prep stats")
+        shutil.copytree(MDS / "udhr" / "eng", english)
+        run(*MMBERT, "prep", "stats", str(MDS))
+
+
+def plan_phases() -> None:
+    (BUILD / "plans").mkdir(parents=True, exist_ok=True)
+    for name, recipe in PHASES:
+        step(f"sampling plan of {name}: mmbert plan {recipe}")
+        run(*MMBERT, "plan", recipe, "--top", "12", "--out", str(BUILD / "plans" / name))
+
+
+class HeldoutScorer:
+    """Held-out MLM loss / accuracy of a phase's languages, the same masked tokens for every model."""
+
+    def __init__(self) -> None:
+        from mmbert_train.config import load_recipe
+
+        self.recipe = load_recipe(PHASES[0][1])
+        manifest = json.loads((MDS / "manifest.json").read_text())
+        self.heldout_languages = {
+            language
+            for language, stats in manifest["sources"]["udhr"].items()
+            if stats.get("heldout_documents", 0) > 0
+        }
+        self.cache: dict[tuple[str, ...], object] = {}
+
+    def languages(self, recipe) -> list[str]:
+        from mmbert_train.data.languages import resolve_language_set
+
+        wanted = resolve_language_set(recipe.data.languages)
+        return [language for language in wanted if language in self.heldout_languages]
+
+    def score(self, model, languages: list[str]) -> tuple[float, float]:
+        from mmbert_train.evaluate import evaluate_model, load_heldout
+
+        key = tuple(languages)
+        if key not in self.cache:
+            ev = self.recipe.data.eval
+            self.cache[key] = load_heldout(
+                MDS,
+                languages,
+                mask_ratio=ev.mask_ratio,
+                seed=ev.seed,
+                max_seq_len=ev.max_seq_len,
+                max_samples_per_language=ev.max_samples_per_language,
+                sources=["udhr"],  # udhr_eng repeats udhr's English
+                vocab_size=model.config.vocab_size,
+                mask_token_id=model.config.mask_token_id,
+            )
+        report = evaluate_model(model, self.cache[key], {"phase": languages})
+        group = report.groups["phase"]
+        return group.score.loss, group.score.accuracy
+
+
+def start_model(recipe):
+    """The weights a phase starts from, exactly as the trainer builds them (seeded init, or init_from)."""
+    from mmbert_train.train.trainer import build_model
+
+    return build_model(recipe)[0]
+
+
+def final_model(recipe):
+    from mmbert_train.model import load_pretrained
+
+    return load_pretrained(Path(recipe.trainer.save_folder) / "latest-rank0.pt")
+
+
+def train_phases(scorer: HeldoutScorer) -> list[dict]:
+    from mmbert_train.config import load_recipe
+
+    rows = []
+    for name, recipe_path in PHASES:
+        recipe = load_recipe(recipe_path)
+        languages = scorer.languages(recipe)
+        before = scorer.score(start_model(recipe), languages)
+        step(f"train {name}: python train.py {recipe_path}")
+        started = time.perf_counter()
+        run(sys.executable, "train.py", recipe_path)
+        seconds = time.perf_counter() - started
+        after = scorer.score(final_model(recipe), languages)
+        rows.append(
+            {"phase": name, "languages": len(languages), "before": before, "after": after, "seconds": seconds,
+             "recipe": recipe})  # fmt: skip
+        print(f"{name}: held-out loss {before[0]:.3f} -> {after[0]:.3f} on {len(languages)} languages")
+    return rows
+
+
+def merge_and_export(rows: list[dict], scorer: HeldoutScorer) -> Path:
+    decays = {row["phase"]: Path(row["recipe"].trainer.save_folder) / "latest-rank0.pt" for row in rows[2:]}
+    base = Path(rows[1]["recipe"].trainer.save_folder) / "latest-rank0.pt"
+    step("TIES merge of the three decay variants against the midtrain checkpoint: mmbert merge")
+    run(*MMBERT, "merge", "--method", "ties", "--base", str(base), "--models", *map(str, decays.values()),
+        "--density", "0.5", "--out", str(MERGED), "--tokenizer", str(TOKENIZER), "--overwrite",
+        "--no-progress")  # fmt: skip
+    step("Hugging Face export: mmbert export")
+    run(*MMBERT, "export", str(MERGED), "--out", str(EXPORT), "--tokenizer", str(TOKENIZER), "--overwrite")
+    from mmbert_train.model import load_pretrained
+
+    all_languages = scorer.languages(rows[-1]["recipe"])
+    merged = scorer.score(load_pretrained(EXPORT), all_languages)
+    rows.append(
+        {"phase": "merge (TIES)", "languages": len(all_languages), "before": scorer.score(
+            load_pretrained(base), all_languages), "after": merged, "seconds": float("nan")})  # fmt: skip
+    step("fill-mask with transformers on the exported model: mmbert fill-mask")
+    run(*MMBERT, "fill-mask", str(EXPORT), FILL_MASK_TEXT, "--top-k", "5")
+    return EXPORT
+
+
+def print_table(rows: list[dict]) -> bool:
+    print("\nHeld-out MLM loss (nats per masked token) and accuracy at a fixed 15% mask ratio and seed 1234,")
+    print(
+        "on each phase's own languages (the merge row: all 447, vs the midtrain checkpoint it merges onto):"
+    )
+    header = (
+        f"{'phase':<14}{'langs':>6}{'loss before':>13}{'loss after':>12}{'acc before':>12}{'acc after':>11}"
+    )
+    print(header + f"{'train s':>9}")
+    print("-" * (len(header) + 9))
+    ok = True
+    for row in rows:
+        (lb, ab), (la, aa) = row["before"], row["after"]
+        falls = la < lb
+        ok &= falls or row["phase"].startswith("merge")
+        mark = "" if falls else "  <- did not fall"
+        print(f"{row['phase']:<14}{row['languages']:>6}{lb:>13.3f}{la:>12.3f}{ab:>12.3f}{aa:>11.3f}"
+              f"{row['seconds']:>9.0f}{mark}")  # fmt: skip
+    return ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=2, help="tokenize worker processes")
+    parser.add_argument("--skip-prep", action="store_true", help="reuse build/smoke/mds as it is")
+    args = parser.parse_args(argv)
+    os.chdir(ROOT)
+    os.environ.setdefault("WANDB_MODE", "disabled")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    started = time.perf_counter()
+    if not args.skip_prep:
+        prepare_data(args.workers)
+    plan_phases()
+    for folder in (CHECKPOINTS, MERGED, EXPORT):
+        shutil.rmtree(
+            folder, ignore_errors=True
+        )  # a fresh chain every time (autoresume would continue old runs)
+    scorer = HeldoutScorer()
+    rows = train_phases(scorer)
+    export = merge_and_export(rows, scorer)
+    ok = print_table(rows)
+    print(f"\nsmoke chain took {time.perf_counter() - started:.0f} s")
+    if not ok:
+        print("error: the held-out loss did not fall in every phase", file=sys.stderr)
+        return 1
+    print(f"final model: {export.resolve()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
