@@ -107,3 +107,86 @@ class LoadOptimizerState(Callback):
         )
         log.info("loaded the optimizer state of init_from (%d tensors' moments)", len(saved.get("state", {})))
         self.optim_state = None
+
+
+class HeldoutEval(Callback):
+    """Held-out MLM loss and accuracy per language and per group, during training (``data.eval``).
+
+    Scores ``root/<source>/<language>/heldout/`` with `mmbert_train.evaluate` at ONE fixed mask ratio and seed
+    (the same masked tokens at every evaluation and in every phase), every ``interval`` and at the end of the
+    phase. Logs ``eval/<language>/loss``, ``eval/<language>/accuracy`` and ``eval/group/<name>/{loss,accuracy}``
+    (token-weighted over the group's languages). Languages without held-out documents are left out. Every rank
+    scores the same (small) set, so FSDP's collectives line up; rank 0's logger writes it.
+    """
+
+    def __init__(self, data_cfg: Any, interval: str, batch_tokens: int = 16384) -> None:
+        from composer.core import Time
+
+        self.data_cfg = data_cfg
+        self.interval = Time.from_timestring(interval)
+        self.batch_tokens = batch_tokens
+        self._heldout = None
+        self._groups: dict[str, list[str]] = {}
+
+    def _prepare(self, vocab_size: int, mask_token_id: int) -> None:
+        from pathlib import Path
+
+        from mmbert_train.data.languages import resolve_language_set
+        from mmbert_train.evaluate import load_heldout, read_manifest
+
+        ev = self.data_cfg.eval
+        root = Path(self.data_cfg.root)
+        manifest = read_manifest(root)
+        has_heldout = {
+            folder.split("_")[0]
+            for folders in manifest["sources"].values()
+            for folder, stats in folders.items()
+            if stats.get("heldout_documents", 0) > 0
+        }
+        wanted = ev.languages if ev.languages is not None else self.data_cfg.languages
+        languages = [lang for lang in resolve_language_set(wanted) if lang in has_heldout]
+        groups = {
+            name: [lang for lang in resolve_language_set(spec) if lang in has_heldout]
+            for name, spec in ev.groups.items()
+        }
+        every = sorted(set(languages).union(*groups.values()) if groups else set(languages))
+        self._groups = {name: members for name, members in groups.items() if members}
+        self._languages = languages
+        self._heldout = load_heldout(
+            root,
+            every,
+            mask_ratio=ev.mask_ratio,
+            seed=ev.seed,
+            max_seq_len=ev.max_seq_len or self.data_cfg.max_seq_len,
+            max_samples_per_language=ev.max_samples_per_language,
+            vocab_size=vocab_size,
+            mask_token_id=mask_token_id,
+        )
+
+    def _evaluate(self, state: State, logger: Logger) -> None:
+        from mmbert_train.evaluate import evaluate_model
+
+        composer_model = getattr(state.model, "module", state.model)  # DDP wraps the ComposerModel
+        model = composer_model.model
+        if self._heldout is None:
+            self._prepare(model.config.vocab_size, model.config.mask_token_id)
+        report = evaluate_model(model, self._heldout, self._groups, batch_tokens=self.batch_tokens)
+        metrics: dict[str, float] = {}
+        for language in self._languages:
+            result = report.languages[language].score
+            metrics[f"eval/{language}/loss"] = result.loss
+            metrics[f"eval/{language}/accuracy"] = result.accuracy
+        for name, group in report.groups.items():
+            metrics[f"eval/group/{name}/loss"] = group.score.loss
+            metrics[f"eval/group/{name}/accuracy"] = group.score.accuracy
+        logger.log_metrics(metrics)
+
+    def batch_end(self, state: State, logger: Logger) -> None:
+        unit_value = state.timestamp.get(self.interval.unit).value
+        if self.interval.value > 0 and unit_value % self.interval.value == 0 and unit_value > 0:
+            if state.max_duration is not None and state.timestamp >= state.max_duration:
+                return  # fit_end scores the final weights
+            self._evaluate(state, logger)
+
+    def fit_end(self, state: State, logger: Logger) -> None:
+        self._evaluate(state, logger)

@@ -25,7 +25,12 @@ from composer.utils import dist, reproducibility
 
 from mmbert_train.config import Recipe, model_overrides, parse_time, recipe_to_yaml
 from mmbert_train.model import MMBertForMaskedLM, ModelConfig
-from mmbert_train.train.callbacks import BatchMetricsLogger, LoadOptimizerState, ModelConfigRecorder
+from mmbert_train.train.callbacks import (
+    BatchMetricsLogger,
+    HeldoutEval,
+    LoadOptimizerState,
+    ModelConfigRecorder,
+)
 from mmbert_train.train.composer_model import MMBertComposerModel
 from mmbert_train.train.optim import build_optimizer
 from mmbert_train.train.schedulers import build_scheduler
@@ -192,27 +197,11 @@ def build_train_data(recipe: Recipe, model_config: ModelConfig) -> DataSpec:
     )
 
 
-def build_evaluators(recipe: Recipe, model_config: ModelConfig) -> list[Evaluator]:
-    """Held-out evaluation per language and per group (``data.eval``), at a fixed mask ratio and seed."""
+def heldout_callbacks(recipe: Recipe) -> list[Any]:
+    """Held-out evaluation per language and group (``data.eval``) at a fixed mask ratio and seed."""
     if not recipe.eval.enabled:
         return []
-    try:
-        from mmbert_train.data import evaluation
-    except ImportError:
-        log.warning("mmbert_train.data.evaluation is not available; training without held-out evaluation")
-        return []
-    loaders = evaluation.build_eval_dataloaders(
-        recipe.data, vocab_size=model_config.vocab_size, mask_token_id=model_config.mask_token_id
-    )
-    return [
-        Evaluator(
-            label=label,
-            dataloader=spec,
-            metric_names=["MLMCrossEntropy", "MLMAccuracy"],
-            subset_num_batches=recipe.eval.subset_num_batches or -1,
-        )
-        for label, spec in loaders.items()
-    ]
+    return [HeldoutEval(recipe.data, recipe.eval.interval)]
 
 
 # ------------------------------------------------------------------------------------------------- loggers
@@ -269,15 +258,17 @@ def build_trainer(
     composer_model = MMBertComposerModel(model)
     optimizer = build_optimizer(composer_model, recipe.optimizer, on_cuda=device == "gpu")
     train_data = train_dataloader if train_dataloader is not None else build_train_data(recipe, model.config)
-    evaluators = (
-        list(eval_dataloader) if eval_dataloader is not None else build_evaluators(recipe, model.config)
-    )
+    evaluators = list(
+        eval_dataloader or []
+    )  # Composer evaluators a caller brings; held-out eval is a callback
 
     all_callbacks: list[Any] = [ModelConfigRecorder(model.config), LRMonitor(), SpeedMonitor(window_size=50)]
     if recipe.logging.packing_efficiency:
         all_callbacks.append(BatchMetricsLogger())
     if optim_state is not None:
         all_callbacks.append(LoadOptimizerState(optim_state))
+    if train_dataloader is None:  # runs on the recipe's data score its held-out split
+        all_callbacks.extend(heldout_callbacks(recipe))
     all_callbacks.extend(callbacks)
 
     trainer_cfg = recipe.trainer
