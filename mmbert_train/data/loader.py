@@ -370,10 +370,14 @@ def num_rows_in_batch(batch: Mapping[str, Any]) -> int:
 
 def num_tokens_in_batch(batch: Mapping[str, Any]) -> dict[str, int]:
     """Composer's token counts: ``total`` = real (non-padding) tokens, ``loss_generating`` = labelled tokens."""
-    return {
-        "total": int(batch["attention_mask"].sum()),
-        "loss_generating": int((batch["labels"] != IGNORE_INDEX).sum()),
-    }
+    # counted in numpy when the batch is still on the CPU: no torch intra-op thread pool for two reductions
+    mask, labels = batch["attention_mask"], batch["labels"]
+    if mask.device.type == "cpu":
+        return {
+            "total": int(np.count_nonzero(mask.numpy())),
+            "loss_generating": int(np.count_nonzero(labels.numpy() != IGNORE_INDEX)),
+        }
+    return {"total": int(mask.sum()), "loss_generating": int((labels != IGNORE_INDEX).sum())}
 
 
 def make_data_spec(dataset: PackedMLMDataset) -> DataSpec:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 
+import numpy as np
 import torch
 
 IGNORE_INDEX = -100
@@ -54,9 +55,29 @@ def mask_generator(seed: int, *position: int) -> torch.Generator:
     return generator
 
 
-def _sorted_specials(special_ids: Iterable[int], vocab_size: int) -> torch.Tensor:
-    ids = sorted({int(i) for i in special_ids if 0 <= int(i) < vocab_size})
-    return torch.tensor(ids, dtype=torch.int64)
+def _sorted_specials(special_ids: Iterable[int], vocab_size: int) -> np.ndarray:
+    return np.array(sorted({int(i) for i in special_ids if 0 <= int(i) < vocab_size}), dtype=np.int64)
+
+
+def _numpy_rng(generator: torch.Generator | None) -> np.random.Generator:
+    """A numpy generator seeded by one draw from ``generator`` (or torch's global RNG when None).
+
+    The corruption itself runs in numpy: on the small tensors of a batch it is several times faster than
+    torch's CPU kernels and needs no intra-op thread pool (which a busy training process would contend).
+    """
+    seed = torch.randint(0, 2**62, (1,), generator=generator, dtype=torch.int64).item()
+    return np.random.default_rng(seed)
+
+
+def _draw_non_special(rng: np.random.Generator, n: int, vocab_size: int, specials: np.ndarray) -> np.ndarray:
+    n_allowed = vocab_size - len(specials)
+    if n_allowed <= 0:
+        raise ValueError(f"vocab_size {vocab_size} leaves no non-special token to draw")
+    r = rng.integers(0, n_allowed, size=n, dtype=np.int64)
+    if len(specials) == 0:
+        return r
+    thresholds = specials - np.arange(len(specials), dtype=np.int64)
+    return r + np.searchsorted(thresholds, r, side="right")
 
 
 def random_non_special(
@@ -66,27 +87,23 @@ def random_non_special(
     special_ids: Iterable[int],
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Ids drawn uniformly from ``[0, vocab_size)`` minus ``special_ids``.
+    """Ids drawn uniformly from ``[0, vocab_size)`` minus ``special_ids`` (int64 tensor of ``shape``).
 
     Draw ``r`` uniformly from ``[0, vocab_size - k)`` (k = number of specials) and shift it past every special
     id at or below it: with the specials sorted as ``s_0 < s_1 < ...``, the j-th special is skipped when
     ``r >= s_j - j``, so ``id = r + #{j : s_j - j <= r}``. Every allowed id is hit by exactly one ``r``.
     """
-    specials = _sorted_specials(special_ids, vocab_size)
-    n_allowed = vocab_size - len(specials)
-    if n_allowed <= 0:
-        raise ValueError(f"vocab_size {vocab_size} leaves no non-special token to draw")
-    r = torch.randint(0, n_allowed, tuple(shape), generator=generator, dtype=torch.int64)
-    if len(specials) == 0:
-        return r
-    thresholds = specials - torch.arange(len(specials), dtype=torch.int64)
-    return r + torch.searchsorted(thresholds, r, right=True)
+    size = int(np.prod(tuple(shape)))
+    draws = _draw_non_special(
+        _numpy_rng(generator), size, vocab_size, _sorted_specials(special_ids, vocab_size)
+    )
+    return torch.from_numpy(draws.reshape(tuple(shape)))
 
 
 def special_mask(input_ids: torch.Tensor, special_ids: Iterable[int]) -> torch.Tensor:
     """Boolean tensor, True where ``input_ids`` holds one of ``special_ids``."""
-    specials = torch.tensor(sorted({int(i) for i in special_ids}), dtype=input_ids.dtype)
-    return torch.isin(input_ids, specials)
+    specials = np.array(sorted({int(i) for i in special_ids}), dtype=np.int64)
+    return torch.from_numpy(np.isin(input_ids.cpu().numpy(), specials))
 
 
 def mask_tokens(
@@ -102,32 +119,34 @@ def mask_tokens(
 
     Each non-special position is picked with probability ``mask_ratio``; picked positions become
     ``mask_token_id`` (80%), a random non-special id (10%) or stay (10%). ``labels`` = original id where
-    picked, ``-100`` elsewhere. The input tensor is not modified.
+    picked, ``-100`` elsewhere. The input tensor is not modified; the outputs are on its device.
     """
     if not 0.0 <= mask_ratio <= 1.0:
         raise ValueError(f"mask_ratio must be in [0, 1], got {mask_ratio}")
     special_ids = tuple(special_ids)
     if mask_token_id not in special_ids:
         special_ids = (*special_ids, mask_token_id)
-    original = input_ids.to(torch.int64)
-    maskable = ~special_mask(original, special_ids)
+    rng = _numpy_rng(generator)
+    original = input_ids.detach().cpu().numpy().astype(np.int64, copy=True)
+    specials = _sorted_specials(special_ids, max(vocab_size, int(original.max(initial=0)) + 1))
 
     # One uniform draw per position decides both "picked" and which of the three corruptions it gets:
     # u < ratio picks it; u / ratio then is uniform in [0, 1) and splits 80 / 10 / 10.
-    u = torch.rand(original.shape, generator=generator)
-    picked = maskable & (u < mask_ratio)
-    within = u / max(mask_ratio, 1e-12)
-    to_mask = picked & (within < MASK_TOKEN_FRACTION)
-    to_random = (
-        picked & (within >= MASK_TOKEN_FRACTION) & (within < MASK_TOKEN_FRACTION + RANDOM_TOKEN_FRACTION)
-    )
+    u = rng.random(original.shape, dtype=np.float32)
+    picked = u < mask_ratio
+    picked &= ~np.isin(original, specials)
+    threshold_mask = np.float32(mask_ratio * MASK_TOKEN_FRACTION)
+    threshold_random = np.float32(mask_ratio * (MASK_TOKEN_FRACTION + RANDOM_TOKEN_FRACTION))
+    to_mask = picked & (u < threshold_mask)
+    to_random = picked & (u >= threshold_mask) & (u < threshold_random)
 
-    labels = torch.where(picked, original, torch.full_like(original, IGNORE_INDEX))
-    inputs = original.clone()
+    labels = np.where(picked, original, IGNORE_INDEX)
+    inputs = original
     inputs[to_mask] = mask_token_id
     n_random = int(to_random.sum())
     if n_random:
-        inputs[to_random] = random_non_special(
-            (n_random,), vocab_size=vocab_size, special_ids=special_ids, generator=generator
+        inputs[to_random] = _draw_non_special(
+            rng, n_random, vocab_size, _sorted_specials(special_ids, vocab_size)
         )
-    return inputs, labels
+    device = input_ids.device
+    return torch.from_numpy(inputs).to(device), torch.from_numpy(labels).to(device)
