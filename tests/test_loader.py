@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import os
 import subprocess
@@ -339,3 +340,67 @@ def test_composer_trainer_resume_gives_the_same_batches(corpus, tmp_path):
     read = json.loads((tmp_path / "trainer-resume.json").read_text())["raw_read"]
     block = loader_state["ranks"][0]["block"]
     assert block >= 3 and read <= 8 * (2 + sizes[20]) and read < 8 * block
+
+
+def test_mask_ratio_schedule_over_the_phase(corpus):
+    from mmbert_train.data.masking import mask_ratio_at
+
+    phase_tokens = 40 * 8 * 128  # 40 batches of 8 rows of 128
+    spec = _spec(corpus, global_batch_size=8, block_samples=32, phase_tokens=phase_tokens,
+                 streams=plain_streams(corpus), mask_ratio=0.3)  # fmt: skip
+    spec.dataloader.dataset.masking = dataclasses.replace(spec.dataloader.dataset.masking, mask_ratio_end=0.1)
+    ratios = [b["mask_ratio"] for b, _ in zip(spec.dataloader, range(45))]
+    expected = [mask_ratio_at(k * 8 * 128 / phase_tokens, 0.3, 0.1) for k in range(len(ratios))]
+    assert ratios == pytest.approx(expected)
+    assert ratios[0] == pytest.approx(0.3) and ratios[-1] == pytest.approx(0.1)
+
+
+class _FakeStreaming:
+    batch_size = 8
+
+
+def _dataset(world_size=1, block_samples=8):
+    from mmbert_train.data.batching import BatchSizeSchedule
+    from mmbert_train.data.loader import MaskingSpec, PackedMLMDataset
+
+    return PackedMLMDataset(
+        _FakeStreaming(), max_seq_len=16, batch_sizes=BatchSizeSchedule(4, 16, world_size=world_size),
+        masking=MaskingSpec(mask_ratio=0.3, vocab_size=100), block_samples=block_samples, rank=0,
+        world_size=world_size,
+    )  # fmt: skip
+
+
+def test_state_errors_name_the_mismatch():
+    state = {"version": 1, "epoch": 0, "batch_in_epoch": 3, "rows_in_epoch": 12, "rows_seen": 12,
+             "block_samples": 8, "world_size": 2, "ranks": [{"block": 1, "rows_into_block": 2}] * 2,
+             "streaming": {}}  # fmt: skip
+    with pytest.raises(ValueError, match="saved with world_size=2, this run has world_size=1"):
+        _dataset().load_state_dict(state)
+    with pytest.raises(ValueError, match="unknown version"):
+        _dataset().load_state_dict({**state, "version": 7})
+    with pytest.raises(ValueError, match=r"batch_size \(8\) must equal block_samples \(16\)"):
+        _dataset(block_samples=16)
+    dataset = _dataset(world_size=2)
+    dataset.load_state_dict(state)  # counters are visible before iterating
+    assert (dataset.batch_in_epoch, dataset.rows_seen, dataset.block, dataset.rows_into_block) == (
+        3,
+        12,
+        1,
+        2,
+    )
+    with pytest.raises(ValueError, match="mask_ratio_end"):
+        from mmbert_train.data.loader import MaskingSpec
+
+        MaskingSpec(mask_ratio=0.3, vocab_size=100, mask_ratio_end=0.1)
+
+
+def test_builder_cleans_stale_shared_memory(corpus, monkeypatch):
+    import streaming.base.util
+
+    calls = []
+    monkeypatch.setattr(streaming.base.util, "clean_stale_shared_memory", lambda: calls.append(1))
+    from mmbert_train.data.loader import build_train_dataloader
+
+    build_train_dataloader(data_config(corpus), global_batch_size=8, vocab_size=VOCAB, rank=0, world_size=1,
+                           streams=plain_streams(corpus))  # fmt: skip
+    assert calls == [1]

@@ -15,7 +15,7 @@ from test_loader import assert_same_batches, documents, run_loader_script, write
 COMPOSER = str(Path(sys.executable).with_name("composer"))
 
 
-def _launcher():
+def _launcher(tmp_path):
     return [
         COMPOSER,
         "-n",
@@ -23,7 +23,7 @@ def _launcher():
         "--master_port",
         str(random.randint(20000, 40000)),
         "--stderr",
-        "rank{rank}.err",
+        str(tmp_path / "rank{rank}.err"),
     ]
 
 
@@ -37,7 +37,7 @@ def test_two_ranks_split_the_epoch(corpus, tmp_path):
     single, double = tmp_path / "single", tmp_path / "double"
     single.mkdir(), double.mkdir()
     run_loader_script(single, corpus, "epoch", 0, 0)
-    run_loader_script(double, corpus, "epoch", 0, 0, launcher=_launcher())
+    run_loader_script(double, corpus, "epoch", 0, 0, launcher=_launcher(tmp_path))
     one = torch.load(single / "epoch-0.pt")
     rank0, rank1 = torch.load(double / "epoch-0.pt"), torch.load(double / "epoch-1.pt")
     assert len(rank0) == len(rank1)  # every rank yields the same number of batches
@@ -59,10 +59,10 @@ def test_two_ranks_split_the_epoch(corpus, tmp_path):
 @pytest.mark.dist
 def test_two_rank_resume_gives_the_same_batches(corpus, tmp_path):
     n_before, n_after = 60, 4
-    run_loader_script(tmp_path, corpus, "full", n_before, n_after, launcher=_launcher())
+    run_loader_script(tmp_path, corpus, "full", n_before, n_after, launcher=_launcher(tmp_path))
     state = json.loads((tmp_path / "state.json").read_text())
     assert state["world_size"] == 2 and len(state["ranks"]) == 2
-    run_loader_script(tmp_path, corpus, "resume", 0, n_after, launcher=_launcher())
+    run_loader_script(tmp_path, corpus, "resume", 0, n_after, launcher=_launcher(tmp_path))
     for rank in (0, 1):
         assert_same_batches(
             torch.load(tmp_path / f"full-{rank}.pt"), torch.load(tmp_path / f"resume-{rank}.pt")
