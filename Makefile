@@ -35,3 +35,8 @@ clean:
 # The whole chain at toy scale on CPU (prep -> 5 phases -> merge -> export -> fill-mask); last line: final model: DIR
 smoke: $(STAMP)
 	$(PY) scripts/smoke.py
+
+# The decay-languages experiment on the UDHR (docs/experiments/decay_languages.md): pretrain -> midtrain -> three
+# decays -> TIES merge for seeds 21 and 22, held-out scoring, report + plot. ~15 min per seed on 2 CPU cores.
+experiment: $(STAMP)
+	$(PY) scripts/decay_languages_experiment.py
