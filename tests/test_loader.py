@@ -404,3 +404,13 @@ def test_builder_cleans_stale_shared_memory(corpus, monkeypatch):
     build_train_dataloader(data_config(corpus), global_batch_size=8, vocab_size=VOCAB, rank=0, world_size=1,
                            streams=plain_streams(corpus))  # fmt: skip
     assert calls == [1]
+
+
+def test_resuming_on_other_data_warns(corpus):
+    dataset = _spec(
+        corpus, global_batch_size=8, block_samples=32, streams=plain_streams(corpus)
+    ).dataloader.dataset
+    state = dataset.state_dict(0, True)
+    assert state["epoch_samples"] == [620, 620]
+    with pytest.warns(UserWarning, match=r"saved for \[samples, epoch samples\] = \[10, 10\]"):
+        dataset.load_state_dict({**state, "epoch_samples": [10, 10]})

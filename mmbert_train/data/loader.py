@@ -193,6 +193,11 @@ class PackedMLMDataset(IterableDataset):
         )
         yield from loader
 
+    def _epoch_samples(self) -> list[int] | None:
+        """[samples on disk, samples per epoch after proportions]: a fingerprint of the data read."""
+        sizes = getattr(self.raw, "num_samples", None), getattr(self.raw, "epoch_size", None)
+        return [int(x) for x in sizes] if all(isinstance(x, (int, np.integer)) for x in sizes) else None
+
     def _streaming_settings(self) -> dict[str, Any]:
         """What Streaming needs, besides the position, to rebuild the same epoch order on resume."""
         state = self.raw.state_dict(0, True)
@@ -317,6 +322,7 @@ class PackedMLMDataset(IterableDataset):
             "world_size": self.world_size,
             "ranks": ranks,
             "streaming": self._streaming_settings(),
+            "epoch_samples": self._epoch_samples(),
         }
 
     def load_state_dict(self, obj: dict[str, Any]) -> None:
@@ -333,6 +339,13 @@ class PackedMLMDataset(IterableDataset):
                 )
         if len(obj["ranks"]) != self.world_size:
             raise ValueError(f"loader state: {len(obj['ranks'])} rank positions for {self.world_size} ranks")
+        saved, mine = obj.get("epoch_samples"), self._epoch_samples()
+        if saved is not None and mine is not None and saved != mine:
+            warnings.warn(
+                f"loader state: saved for [samples, epoch samples] = {saved}, this run's streams give {mine}; the data "
+                "or its proportions changed, so the resumed batches cannot match the interrupted run's",
+                stacklevel=2,
+            )
         self._resume = dict(obj)
         # expose the restored counters right away (Composer may log or checkpoint before iterating)
         self.epoch, self.batch_in_epoch = obj["epoch"], obj["batch_in_epoch"]
