@@ -414,3 +414,14 @@ def test_resuming_on_other_data_warns(corpus):
     assert state["epoch_samples"] == [620, 620]
     with pytest.warns(UserWarning, match=r"saved for \[samples, epoch samples\] = \[10, 10\]"):
         dataset.load_state_dict({**state, "epoch_samples": [10, 10]})
+
+
+def test_batches_do_not_depend_on_the_number_of_workers(corpus):
+    """Streaming deals blocks to workers and the DataLoader collects them in the same order: resuming with
+    another num_workers still gives the same batches."""
+    runs = []
+    for workers in (0, 2):
+        spec = _spec(corpus, global_batch_size=8, block_samples=8, num_workers=workers, max_seq_len=64)
+        runs.append([b for b, _ in zip(spec.dataloader, range(12))])
+        del spec
+    assert_same_batches(*runs)
