@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 from composer.core import DataSpec
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, IterableDataset
 
 from mmbert_train.data.loader import num_rows_in_batch, num_tokens_in_batch, split_packed_batch
 
@@ -70,15 +70,18 @@ def rank_slice(batch: dict[str, torch.Tensor], rank: int, world_size: int) -> di
     return {k: v[rank * per : (rank + 1) * per] for k, v in batch.items()}
 
 
-class _Batches(Dataset):
+class _Batches(IterableDataset):
+    """This rank's batches, in order. Iterable (like the real loader), so Composer does not ask for a
+    DistributedSampler: each rank is handed its own rows already (:func:`rank_slice`)."""
+
     def __init__(self, batches: list[dict[str, Any]]) -> None:
         self.batches = batches
 
     def __len__(self) -> int:
         return len(self.batches)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return self.batches[index]
+    def __iter__(self):
+        return iter(self.batches)
 
 
 def fixed_data_spec(batches: list[dict[str, Any]]) -> DataSpec:

@@ -1,0 +1,162 @@
+"""Multi-process and restart behaviour of the trainer (slow / dist: `make test-slow`).
+
+* `composer -n 2` with DDP (gloo, CPU) gives the same per-step loss and final weights as one
+  process on the same global batches (a fixed, pre-packed fixture split by rows across ranks; the loss is the
+  global mean over masked tokens, whatever each rank holds);
+* a run killed with SIGKILL after a checkpoint and relaunched with autoresume ends with the same weights as an
+  uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mmbert_train.model import load_pretrained
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSER = Path(sys.executable).parent / "composer"
+
+RECIPE = """
+name: dist
+phase: smoke
+model: {preset: tiny}
+data: {root: mds, languages: [eng], tau: 0.7, sources: [{name: udhr}], max_seq_len: 64, mask_ratio: 0.3}
+optimizer: {lr: 3.0e-3, weight_decay: 1.0e-4}
+scheduler: {t_warmup: 1ba, t_decay: 2ba, decay_shape: linear, alpha_f: 0.1}
+trainer:
+  max_duration: 4ba
+  global_batch_size: 8
+  device_microbatch_size: 2
+  save_interval: 2ba
+  progress_bar: false
+  fsdp: {state_dict_type: full}
+eval: {enabled: false}
+"""
+
+# Every rank takes its rows of the same global batches (rank_slice) and records the logged (all-reduced) loss.
+WORKER = """
+import json, os, sys, time
+from composer.core import Callback
+from mmbert_train.config import load_recipe
+from mmbert_train.train.testing import fixed_data_spec, packed_batches, rank_slice
+from mmbert_train.train.trainer import build_trainer
+
+recipe_path, out, *overrides = sys.argv[1:]
+recipe = load_recipe(recipe_path, overrides)
+rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+steps = int(recipe.trainer.max_duration[:-2])
+batches = [rank_slice(b, rank, world) for b in packed_batches(steps, 8, 64, 512, seed=5)]
+delay = float(os.environ.get("STEP_DELAY", "0"))
+
+class Record(Callback):
+    def __init__(self):
+        self.losses = []
+    def batch_end(self, state, logger):
+        self.losses.append(state.total_loss_dict["loss/train/total"])
+        time.sleep(delay)  # gives the kill test a window between checkpoints
+
+record = Record()
+build_trainer(recipe, train_dataloader=fixed_data_spec(batches), callbacks=[record]).fit()
+if rank == 0:
+    with open(out, "w") as handle:
+        json.dump(record.losses, handle)
+"""
+
+
+@pytest.fixture
+def setup(tmp_path):
+    (tmp_path / "recipe.yaml").write_text(textwrap.dedent(RECIPE))
+    (tmp_path / "worker.py").write_text(textwrap.dedent(WORKER))
+    return tmp_path
+
+
+def env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **extra}
+
+
+def run_single(tmp: Path, name: str, *overrides: str, **extra_env: str) -> tuple[list[float], dict]:
+    out = tmp / f"{name}.json"
+    folder = tmp / name
+    cmd = [sys.executable, str(tmp / "worker.py"), str(tmp / "recipe.yaml"), str(out),
+           f"trainer.save_folder={folder}", *overrides]  # fmt: skip
+    subprocess.run(cmd, check=True, env=env(**extra_env), cwd=tmp, timeout=300)
+    return json.loads(out.read_text()), load_pretrained(folder / "latest-rank0.pt").state_dict()
+
+
+def run_two_ranks(tmp: Path, name: str, *overrides: str, **extra_env: str) -> tuple[list[float], dict]:
+    out = tmp / f"{name}.json"
+    folder = tmp / name
+    cmd = [str(COMPOSER), "-n", "2", "--stdout", str(tmp / f"{name}-rank{{rank}}.out"),
+           "--stderr", str(tmp / f"{name}-rank{{rank}}.err"), str(tmp / "worker.py"), str(tmp / "recipe.yaml"),
+           str(out), f"trainer.save_folder={folder}", *overrides]  # fmt: skip
+    result = subprocess.run(cmd, env=env(**extra_env), cwd=tmp, timeout=400, capture_output=True, text=True)
+    if result.returncode:
+        logs = "\n".join(p.read_text()[-3000:] for p in sorted(tmp.glob(f"{name}-rank*.err")))
+        pytest.fail(f"composer -n 2 failed ({result.returncode}):\n{result.stderr[-2000:]}\n{logs}")
+    return json.loads(out.read_text()), load_pretrained(folder / "latest-rank0.pt").state_dict()
+
+
+def assert_same_weights(a: dict, b: dict, rtol: float = 1e-4, atol: float = 1e-5) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=rtol, atol=atol, msg=key)
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+def test_ddp_matches_one_process(setup):
+    single_losses, single_weights = run_single(setup, "single")
+    ddp_losses, ddp_weights = run_two_ranks(setup, "ddp", "trainer.parallelism=ddp")
+    assert len(single_losses) == 4
+    assert ddp_losses == pytest.approx(single_losses, rel=1e-5)
+    assert_same_weights(ddp_weights, single_weights)
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+@pytest.mark.xfail(
+    run=False,
+    reason="FSDP2 on CPU (gloo): the first optimizer steps match one process, later ones do not (StableAdamW "
+    "under FSDP2 differs from the unsharded update), and saving the optimizer state fails with 'Cannot use "
+    "ReduceOp.AVG with Gloo'; see the training issue's report",
+)
+def test_fsdp2_matches_one_process(setup):
+    single_losses, single_weights = run_single(setup, "single")
+    fsdp_losses, fsdp_weights = run_two_ranks(setup, "fsdp", "trainer.parallelism=fsdp", FSDP_VERSION="2")
+    assert fsdp_losses == pytest.approx(single_losses, rel=1e-5)
+    assert_same_weights(fsdp_weights, single_weights)
+
+
+@pytest.mark.slow
+def test_sigkill_then_autoresume_gives_the_uninterrupted_weights(setup):
+    overrides = ["trainer.max_duration=6ba", "scheduler.t_decay=3ba"]
+    _, uninterrupted = run_single(setup, "straight", *overrides)
+
+    folder = setup / "killed"
+    cmd = [sys.executable, str(setup / "worker.py"), str(setup / "recipe.yaml"), str(setup / "killed.json"),
+           f"trainer.save_folder={folder}", *overrides]  # fmt: skip
+    process = subprocess.Popen(cmd, env=env(STEP_DELAY="1.5"), cwd=setup)
+    first_checkpoint = folder / "ep0-ba2-rank0.pt"
+    deadline = time.monotonic() + 240
+    while not first_checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert first_checkpoint.exists(), "the run never wrote its first checkpoint"
+    time.sleep(0.5)  # let the file be complete (Composer writes it, then links latest-rank0.pt)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+    assert not (folder / "ep0-ba6-rank0.pt").exists(), "the run finished before it was killed"
+
+    # the same command again: autoresume continues from the newest checkpoint in the save folder
+    subprocess.run(cmd, check=True, env=env(), cwd=setup, timeout=300)
+    resumed = load_pretrained(folder / "latest-rank0.pt").state_dict()
+    assert_same_weights(resumed, uninterrupted, rtol=0, atol=0)
