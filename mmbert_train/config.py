@@ -211,11 +211,11 @@ class TrainerConfig:
 
 @dataclass
 class EvalConfig:
-    """Held-out evaluation during training (what is read, at which fixed mask ratio: ``data.eval``)."""
+    """Held-out evaluation during training (what is read, at which fixed mask ratio and how much of it:
+    ``data.eval``)."""
 
     enabled: bool = True
     interval: str = "1000ba"  # also at the end of the phase
-    subset_num_batches: int | None = None  # None = the whole held-out set
 
     def __post_init__(self) -> None:
         parse_time(self.interval, "eval.interval")
