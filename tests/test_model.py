@@ -249,6 +249,19 @@ def test_packed_rows_and_flat_form_equal_each_document_alone():
     assert (unpacked[mask.bool()] - expected).abs().max().item() > 1e-3
 
 
+def test_full_logits_with_and_without_grad_agree():
+    config = ModelConfig.preset("tiny")
+    model = MMBertForMaskedLM(config)
+    ids, mask = padded_batch(config.vocab_size, [30, 12, 1], 7)
+    with torch.no_grad():
+        fast = model(ids, mask).logits  # written row by row into the padded grid
+    with_grad = model(ids, mask).logits
+    assert (fast - with_grad.detach()).abs().max().item() <= 1e-6
+    assert torch.equal(fast[~mask.bool()], torch.zeros_like(fast[~mask.bool()]))
+    with_grad[mask.bool()].sum().backward()
+    assert model.model.embeddings.tok_embeddings.weight.grad is not None
+
+
 def test_labels_in_packed_rows_select_the_labelled_tokens_in_row_major_order():
     config = ModelConfig.preset("tiny", attn_backend="sdpa")
     model = MMBertForMaskedLM(config).eval()

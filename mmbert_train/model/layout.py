@@ -113,6 +113,7 @@ class FlatBatch:
     labels: torch.Tensor | None
     scatter: torch.Tensor | None  # flat positions in the (B*L) input grid, or None for the flat form
     grid_shape: tuple[int, ...]  # input_ids' original shape
+    row_tokens: list[int] | None = None  # real tokens per grid row (a right-padded prefix), when padded
 
 
 def flatten_batch(
@@ -198,7 +199,8 @@ def flatten_batch(
         scatter = mask.flatten().nonzero().flatten()
         flat_ids = input_ids.reshape(-1)[scatter]
         flat_labels = labels.reshape(-1)[scatter] if labels is not None else None
-    return FlatBatch(flat_ids, layout, flat_labels, scatter, (batch, seq))
+    row_counts = row_tokens.tolist() if scatter is not None else None
+    return FlatBatch(flat_ids, layout, flat_labels, scatter, (batch, seq), row_counts)
 
 
 BUCKET_RATIO = 1.25  # a bucket holds documents longer than 1 / BUCKET_RATIO of its longest one

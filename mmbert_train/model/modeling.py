@@ -265,9 +265,27 @@ class MMBertForMaskedLM(nn.Module):
             else:
                 loss = logits.sum() * 0.0
             return MaskedLMOutput(loss=loss, logits=logits)
+        if batch.scatter is None:
+            return MaskedLMOutput(loss=None, logits=self.decode(hidden).view(*batch.grid_shape, -1))
+        if not torch.is_grad_enabled() and not torch.is_autocast_enabled(hidden.device.type):
+            return MaskedLMOutput(loss=None, logits=self._decode_into_grid(hidden, batch))
         logits = self.decode(hidden)
-        if batch.scatter is not None:
-            full = logits.new_zeros(math.prod(batch.grid_shape), logits.shape[-1])
-            full[batch.scatter] = logits
-            logits = full
-        return MaskedLMOutput(loss=None, logits=logits.view(*batch.grid_shape, -1))
+        full = logits.new_zeros(math.prod(batch.grid_shape), logits.shape[-1])
+        full[batch.scatter] = logits
+        return MaskedLMOutput(loss=None, logits=full.view(*batch.grid_shape, -1))
+
+    def _decode_into_grid(self, hidden: torch.Tensor, batch: FlatBatch) -> torch.Tensor:
+        """Inference: write each row's logits straight into the padded output (rows are right-padded prefixes),
+        instead of computing them flat and copying the whole (tokens, vocab) block into a zeroed grid."""
+        head = self.head(hidden)
+        weight = self.model.embeddings.tok_embeddings.weight
+        bias = self.decoder.bias
+        rows, width = batch.grid_shape
+        full = head.new_empty(rows, width, weight.shape[0], dtype=torch.result_type(head, weight))
+        start = 0
+        for row, count in enumerate(batch.row_tokens):
+            if count:
+                torch.addmm(bias, head[start : start + count], weight.t(), out=full[row, :count])
+            full[row, count:] = 0
+            start += count
+        return full
