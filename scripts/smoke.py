@@ -170,11 +170,11 @@ def merge_and_export(rows: list[dict], scorer: HeldoutScorer) -> Path:
     run(*MMBERT, "export", str(MERGED), "--out", str(EXPORT), "--tokenizer", str(TOKENIZER), "--overwrite")
     from mmbert_train.model import load_pretrained
 
-    all_languages = scorer.languages(rows[-1]["recipe"])
-    merged = scorer.score(load_pretrained(EXPORT), all_languages)
+    decay_all = rows[-1]  # its "before" is the midtrain checkpoint on all languages: the merge's base
+    merged = scorer.score(load_pretrained(EXPORT), scorer.languages(decay_all["recipe"]))
     rows.append(
-        {"phase": "merge (TIES)", "languages": len(all_languages), "before": scorer.score(
-            load_pretrained(base), all_languages), "after": merged, "seconds": float("nan")})  # fmt: skip
+        {"phase": "merge (TIES)", "languages": decay_all["languages"], "before": decay_all["before"],
+         "after": merged, "seconds": float("nan")})  # fmt: skip
     step("fill-mask with transformers on the exported model: mmbert fill-mask")
     run(*MMBERT, "fill-mask", str(EXPORT), FILL_MASK_TEXT, "--top-k", "5")
     return EXPORT
