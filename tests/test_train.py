@@ -235,3 +235,45 @@ def test_recipe_on_real_shards_trains_and_logs_heldout_eval(tmp_path):
         steps = [int(t.batch) for t, _ in memory.data[key]]
         assert steps == [2, 4], key  # every 2 batches, the last one at the end of the phase
     assert "eval/arb/loss" not in memory.data  # reported only inside its group
+
+
+def test_optimizer_state_of_a_published_flexbert_checkpoint_is_mapped_by_name(tmp_path):
+    from mmbert_train.train.trainer import _composer_optimizer_state
+
+    moments = {"exp_avg": torch.ones(2), "exp_avg_sq": torch.ones(2)}
+    flex_keys = [
+        "model.bert.embeddings.tok_embeddings.weight",
+        "model.bert.encoder.layers.0.attn.Wqkv.weight",
+        "model.bert.final_norm.weight",
+        "model.head.dense.weight",
+        "model.decoder.weight",  # tied to the embeddings: dropped
+        "model.decoder.bias",
+    ]
+    state = {
+        "model": {key: torch.zeros(2) for key in flex_keys},
+        "optimizers": {
+            "DecoupledAdamW": {
+                "state": {key: dict(moments) for key in flex_keys},
+                "param_groups": [{"lr": 8e-4, "params": flex_keys}],
+            }
+        },
+    }
+    path = tmp_path / "flex.pt"
+    torch.save({"state": state}, path)
+    mapped = _composer_optimizer_state(path, trust_pickle=True)
+    expected = [
+        "model.model.embeddings.tok_embeddings.weight",
+        "model.model.layers.0.attn.Wqkv.weight",
+        "model.model.final_norm.weight",
+        "model.head.dense.weight",
+        "model.decoder.bias",
+    ]
+    assert list(mapped["state"]) == expected
+    assert mapped["param_groups"][0]["params"] == expected
+    # a state keyed by parameter index cannot be mapped safely: a clear error
+    state["optimizers"]["DecoupledAdamW"]["state"] = {0: dict(moments)}
+    torch.save({"state": state}, path)
+    with pytest.raises(TrainSetupError, match="keys its state by parameter index"):
+        _composer_optimizer_state(path, trust_pickle=True)
+    # a Hugging Face directory has no optimizer state
+    assert _composer_optimizer_state(tmp_path, trust_pickle=False) is None
