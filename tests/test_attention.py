@@ -114,6 +114,21 @@ def test_model_backends_agree_in_forward_and_backward():
         assert (grads - ref_grads).abs().max().item() < 1e-4, backend
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_bf16_autocast_forward_and_backward(backend):
+    config = ModelConfig.preset("tiny", local_attention=8, attn_backend=backend)
+    torch.manual_seed(0)
+    model = MMBertForMaskedLM(config)
+    ids, mask = padded_batch(config.vocab_size, [50, 21], 4)
+    labels = torch.where(mask.bool(), ids, -100)
+    reference = model(ids, mask, labels).loss.item()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(ids, mask, labels)
+    out.loss.backward()
+    assert abs(out.loss.item() - reference) < 0.05
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
 # ---- GPU ------------------------------------------------------------------------------------------------------
 
 

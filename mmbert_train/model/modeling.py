@@ -74,7 +74,8 @@ class MMBertAttention(nn.Module):
     def forward(self, x: torch.Tensor, layout: TokenLayout, rope, backend: str) -> torch.Tensor:
         num_tokens = x.shape[0]
         qkv = self.Wqkv(x).view(num_tokens, 3, self.num_heads, self.head_dim)
-        q, k = apply_rotary(qkv[:, :2], *rope).unbind(dim=1)  # one rotation for queries and keys together
+        cos, sin = (t.to(qkv.dtype) for t in rope)  # under autocast qkv is bf16 while the tables are fp32
+        q, k = apply_rotary(qkv[:, :2], cos, sin).unbind(dim=1)  # one rotation for queries and keys together
         dropout_p = self.attention_dropout if self.training else 0.0
         out = ATTENTION_FUNCTIONS[backend](q, k, qkv[:, 2], layout, self.window_half, dropout_p)
         return self.out_drop(self.Wo(out.reshape(num_tokens, -1)))
