@@ -263,6 +263,24 @@ def evaluate_seed(run_dir: Path, seed: int, data: Path, groups: Mapping[str, lis
             f"{g} {report.groups[g].score.accuracy:.4f}" for g in GROUPS))  # fmt: skip
 
 
+def decay_exposure(data: Path, groups: Mapping[str, list[str]], phase_tokens: float) -> dict[str, float]:
+    """What Decay-All gives a decay-only language on average: tokens (its tau share x the phase's tokens) and
+    epochs of its training text, from the sampling plan of ``decay_all.yaml`` over the prepared data."""
+    from mmbert_train.config import load_recipe
+    from mmbert_train.data.sampling import build_phase_plan
+
+    recipe = load_recipe(RECIPES / "decay_all.yaml", [f"data.root={data / 'mds'}"])
+    plan = build_phase_plan(recipe.data)
+    langs = [x for x in groups["decay_only"] if x in plan.language_shares]
+    tokens = [plan.language_shares[x] * phase_tokens for x in langs]
+    epochs = [t / plan.language_tokens[x] for t, x in zip(tokens, langs)]
+    return {
+        "tokens": sum(tokens) / len(tokens),
+        "epochs": sum(epochs) / len(epochs),
+        "share": sum(plan.language_shares[x] for x in langs),
+    }
+
+
 # ---- report -------------------------------------------------------------------------------------------------------
 
 
@@ -472,6 +490,7 @@ def write_report(
     command: str,
     missing: Sequence[str],
     machine: str,
+    exposure: Mapping[str, float] | None = None,
 ) -> Path:
     out = []
     out.append("# Are languages added only in the decay phase learned? A miniature on the UDHR\n")
@@ -567,8 +586,15 @@ def write_report(
         "- The scale differs from mmBERT's by orders of magnitude: 1.7M parameters instead of 307M, a few million "
         "tokens instead of 3T, an 8k tokenizer instead of Gemma's 256k, ~5k training tokens per UDHR language "
         "instead of FineWeb2. The decay here is as long as mid-training (mmBERT: 100B vs 600B tokens) so that "
-        "Decay-All gives each new language a measurable amount of text (about a third of an epoch of its "
-        "articles); a tenth of that would be well under 1k tokens per language.\n"
+        "Decay-All gives each new language a measurable amount of text"
+        + (
+            f": {exposure['share']:.0%} of Decay-All's tokens go to the decay-only languages, on average "
+            f"{exposure['tokens']:,.0f} tokens each ({exposure['epochs']:.2f} epochs of its training articles), "
+            f"of which 5% are masked and predicted"
+            if exposure
+            else ""
+        )
+        + ".\n"
         "- What it cannot test is the part of the claim that needs a strong base: that a model which already "
         "models 60-110 languages well learns a new one from very few decay tokens, and keeps it after merging "
         "(task-level gains such as FoQA). A 1.7M-parameter model that reaches the accuracies above on its own "
@@ -591,7 +617,7 @@ def write_report(
     return path
 
 
-def machine_description(threads: int) -> str:
+def machine_description(threads: int, jobs: int = 1) -> str:
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -600,7 +626,10 @@ def machine_description(threads: int) -> str:
                 break
     except OSError:
         pass
-    return f"{os.cpu_count()} CPU cores ({cpu}), {threads} torch thread(s) per process, no GPU"
+    return (
+        f"{os.cpu_count()} CPU cores ({cpu}), shared with other work; {threads} torch thread(s) per training "
+        f"process, {jobs} seed(s) at a time; no GPU"
+    )
 
 
 # ---- main ---------------------------------------------------------------------------------------------------------
@@ -616,9 +645,38 @@ def _parser() -> argparse.ArgumentParser:
         "--scale", type=float, default=1.0, help="multiply every phase's batches (e.g. 0.05 to test)"
     )
     p.add_argument("--threads", type=int, default=1, help="torch threads per training process (default 1)")
+    p.add_argument("--jobs", type=int, default=1, help="seeds trained at the same time (default 1)")
     p.add_argument("--report-only", action="store_true", help="only rebuild the report from finished runs")
     p.add_argument("--no-report", action="store_true", help="train and evaluate, write no report")
     return p
+
+
+def run_seeds_in_parallel(args: argparse.Namespace) -> None:
+    """One process per seed (``--seeds S --no-report``), at most ``--jobs`` at a time; logs in seed<S>/script.log."""
+    pending, running = list(args.seeds), []
+    common = ["--run-dir", str(args.run_dir), "--scale", str(args.scale), "--threads", str(args.threads),
+              "--no-report"] + (["--data", str(args.data)] if args.data else [])  # fmt: skip
+    failed = []
+    while pending or running:
+        while pending and len(running) < args.jobs:
+            seed = pending.pop(0)
+            log_file = seed_dir(args.run_dir, seed) / "script.log"
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            f = open(log_file, "w")
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--seeds", str(seed), *common]
+            running.append((seed, subprocess.Popen(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT), f))
+            log(f"seed {seed}: started (log {log_file})")
+        time.sleep(2)
+        for item in list(running):
+            seed, proc, f = item
+            if proc.poll() is not None:
+                f.close()
+                running.remove(item)
+                log(f"seed {seed}: finished with exit code {proc.returncode}")
+                if proc.returncode:
+                    failed.append(seed)
+    if failed:
+        log(f"seeds {failed} failed; the report shows what finished")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -637,7 +695,9 @@ def main(argv: list[str] | None = None) -> int:
         prepare_data(data, env)
     if (data / "mds" / "manifest.json").exists():
         groups = scored_groups(groups, data)
-    if not args.report_only:
+    if not args.report_only and args.jobs > 1 and len(args.seeds) > 1:
+        run_seeds_in_parallel(args)
+    elif not args.report_only:
         heldout_cache: dict = {}
         for seed in args.seeds:
             start = time.perf_counter()
@@ -663,8 +723,14 @@ def main(argv: list[str] | None = None) -> int:
     command = "python scripts/decay_languages_experiment.py " + " ".join(
         argv if argv is not None else sys.argv[1:]
     )
+    exposure = None
+    decay_tokens = [
+        r["decay_all"].get("tokens") for r in runs.values() if r.get("decay_all", {}).get("tokens")
+    ]
+    if decay_tokens and (data / "mds" / "manifest.json").exists():
+        exposure = decay_exposure(data, groups, sum(decay_tokens) / len(decay_tokens))
     write_report(results, args.report, plot, groups=groups, runs=runs, command=command.strip(), missing=missing,
-                 machine=machine_description(args.threads))  # fmt: skip
+                 machine=machine_description(args.threads, args.jobs), exposure=exposure)  # fmt: skip
     log(f"wrote {args.report} and {plot}")
     return 0
 

@@ -79,8 +79,8 @@ def test_phase_overrides_chain_the_seed_folders_and_scale_the_budget(exp, recipe
     full = int(recipes["decay_all"].trainer.max_duration.removesuffix("ba"))
     assert over["trainer.max_duration"] == f"{round(full * 0.5)}ba"
     pre = dict(o.split("=", 1) for o in exp.phase_overrides(run, 7, "pretrain", data, 0.01))
-    assert "init_from.path" not in pre and pre["trainer.max_duration"] == "3ba"
-    assert pre["scheduler.t_warmup"] == "2ba"  # the warmup never outlasts a scaled-down phase
+    assert "init_from.path" not in pre and pre["trainer.max_duration"] == "8ba"
+    assert pre["scheduler.t_warmup"] == "7ba"  # the warmup never outlasts a scaled-down phase
 
 
 def _fake_eval(
