@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import textwrap
 
 import pytest
@@ -277,3 +278,16 @@ def test_optimizer_state_of_a_published_flexbert_checkpoint_is_mapped_by_name(tm
         _composer_optimizer_state(path, trust_pickle=True)
     # a Hugging Face directory has no optimizer state
     assert _composer_optimizer_state(tmp_path, trust_pickle=False) is None
+
+
+def test_wandb_only_when_enabled_and_offline_without_network(tmp_path, monkeypatch):
+    from composer.loggers import WandBLogger
+
+    from mmbert_train.train import trainer as trainer_module
+
+    assert trainer_module.build_loggers(make_recipe(tmp_path)) == []  # off by default
+    monkeypatch.setattr(trainer_module, "_wandb_reachable", lambda timeout=2.0: False)
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    loggers = trainer_module.build_loggers(make_recipe(tmp_path, overrides=["logging.wandb.enabled=true"]))
+    assert len(loggers) == 1 and isinstance(loggers[0], WandBLogger)
+    assert os.environ["WANDB_MODE"] == "offline"
