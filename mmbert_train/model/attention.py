@@ -7,10 +7,11 @@ local layers (``window_half >= 0``) query ``i`` also sees key ``j`` only iff ``|
 - ``flash``: flash-attn's ``flash_attn_varlen_func`` on the flat stream, ``window_size=(w, w)``. CUDA, fp16/bf16.
 - ``flex``: PyTorch FlexAttention on the flat stream with a document (+ sliding-window) block mask; compiled on
   CUDA. On CPU it runs PyTorch's unfused reference implementation (correct, quadratic: tests only).
-- ``sdpa``: ``F.scaled_dot_product_attention`` on documents regathered into a ``(num_docs, length)`` rectangle;
-  local layers on long documents use block-local attention: with ``w = local_attention // 2`` the document is cut
-  into blocks of ``w`` tokens and each block attends only to itself and its two neighbours (``3w`` keys,
-  ``|i - j| <= w`` masked inside), so the cost grows linearly with length instead of quadratically.
+- ``sdpa``: ``F.scaled_dot_product_attention``. Global layers (and local layers when every document is short):
+  documents grouped into buckets of similar length, one padded rectangle per bucket. Local layers when the longest
+  document exceeds ``4w`` (``w = local_attention // 2``): block-local attention — each document is cut into blocks
+  of ``w`` tokens and each block attends only to the ``3w`` keys of itself and its two neighbours (masked to
+  ``|i - j| <= w``), so the cost grows linearly with length instead of quadratically.
 - ``eager``: an explicit ``softmax(q k^T / sqrt(d) + mask) v`` reference on the rectangle.
 """
 
