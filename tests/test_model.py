@@ -305,6 +305,8 @@ def test_bad_inputs_raise_clear_errors():
         model(ids, mask.flip(1))
     with pytest.raises(ValueError, match="labels mark a padding position"):
         model(ids, mask, labels=torch.ones_like(ids))
+    with pytest.raises(ValueError, match="the batch holds no real token"):
+        model(ids, torch.zeros_like(mask))
     with pytest.raises(ValueError, match="cu_seqlens must start at 0"):
         model(ids[0], cu_seqlens=torch.tensor([0, 5, 19], dtype=torch.int32))
 

@@ -199,6 +199,8 @@ class MMBertForMaskedLM(nn.Module):
 
     def _check_ids(self, batch: FlatBatch) -> None:
         c = self.config
+        if batch.layout.num_tokens == 0:
+            raise ValueError("the batch holds no real token (attention_mask / cu_seqlens select nothing)")
         if batch.layout.max_seqlen > c.max_position_embeddings:
             raise ValueError(
                 f"a document of {batch.layout.max_seqlen} tokens is longer than max_position_embeddings "
