@@ -107,9 +107,8 @@ def _block_local_sdpa(q, k, v, layout: TokenLayout, window_half: int, dropout_p:
     blocks, b = index.queries.shape
     heads, dim = q.shape[1], q.shape[2]
 
-    def gather(t, slots):  # (T, h, d) -> (blocks, h, slots, d); the extra zero row serves padding slots
-        source = torch.cat([t, t.new_zeros(1, heads, dim)])
-        return source[slots].transpose(1, 2)
+    def gather(t, slots):  # (T, h, d) -> (blocks, h, slots, d); padding slots repeat token 0, masked out
+        return t[slots].transpose(1, 2)
 
     out = F.scaled_dot_product_attention(
         gather(q, index.queries),

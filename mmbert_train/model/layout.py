@@ -208,7 +208,7 @@ BUCKET_RATIO = 1.25  # a bucket holds documents longer than 1 / BUCKET_RATIO of 
 
 @dataclass
 class Bucket:
-    gather: torch.Tensor  # (docs, length) token index per slot, num_tokens for padding
+    gather: torch.Tensor  # (docs, length) token index per slot; padding slots point at token 0 (masked out)
     valid: torch.Tensor  # (docs, length) bool
     full: bool  # no padding slot
 
@@ -235,7 +235,7 @@ def document_buckets(layout: TokenLayout) -> tuple[list[Bucket], torch.Tensor | 
         docs = torch.tensor(group, device=device)
         slot = torch.arange(length, device=device)
         valid = slot[None, :] < torch.tensor([layout.lengths[n] for n in group], device=device)[:, None]
-        gather = torch.where(valid, starts[docs][:, None] + slot[None, :], layout.num_tokens)
+        gather = torch.where(valid, starts[docs][:, None] + slot[None, :], 0)
         buckets.append(Bucket(gather, valid, all(layout.lengths[n] == length for n in group)))
     if len(buckets) == 1 and group == list(range(len(group))):
         return buckets, None  # documents already in stream order
@@ -246,12 +246,15 @@ def document_buckets(layout: TokenLayout) -> tuple[list[Bucket], torch.Tensor | 
 
 
 def to_buckets(layout: TokenLayout, x: torch.Tensor) -> list[torch.Tensor]:
-    """``(num_tokens, ...)`` -> one ``(docs, length, ...)`` tensor per bucket (zeros in padding slots)."""
+    """``(num_tokens, ...)`` -> one ``(docs, length, ...)`` tensor per bucket.
+
+    Padding slots repeat token 0 instead of holding zeros (saving a copy of the input): callers must mask them as
+    keys and drop them as queries, which `from_buckets` and the attention masks do.
+    """
     buckets, _ = layout.cached("buckets", lambda: document_buckets(layout))
     if layout.uniform and len(buckets) == 1:
         return [x.view(layout.num_docs, layout.max_seqlen, *x.shape[1:])]
-    source = torch.cat([x, x.new_zeros(1, *x.shape[1:])])
-    return [source[b.gather] for b in buckets]
+    return [x[b.gather] for b in buckets]
 
 
 def from_buckets(layout: TokenLayout, outputs: list[torch.Tensor]) -> torch.Tensor:
@@ -267,8 +270,8 @@ def from_buckets(layout: TokenLayout, outputs: list[torch.Tensor]) -> torch.Tens
 class BlockLocalIndex:
     """Blocks of ``b`` queries, each with the ``3b`` keys of its own and neighbouring blocks (same document)."""
 
-    queries: torch.Tensor  # (blocks, b) token index, num_tokens for slots past the document's end
-    keys: torch.Tensor  # (blocks, 3b) token index, num_tokens outside the document
+    queries: torch.Tensor  # (blocks, b) token index; slots past the document's end point at token 0
+    keys: torch.Tensor  # (blocks, 3b) token index; slots outside the document point at token 0 (masked out)
     mask: torch.Tensor  # (blocks, 1, b, 3b) bool, True = attend
     real_queries: torch.Tensor  # (blocks * b,) bool: the slots holding tokens, in stream order
 
@@ -298,8 +301,8 @@ def block_local_index(layout: TokenLayout, window_half: int) -> BlockLocalIndex:
         k_pos = (block[:, None] - 1) * b + t[None, :]  # (blocks, 3b)
         q_ok = q_pos < length[:, None]
         k_ok = (k_pos >= 0) & (k_pos < length[:, None])
-        queries = torch.where(q_ok, start[:, None] + q_pos, layout.num_tokens)
-        keys = torch.where(k_ok, start[:, None] + k_pos, layout.num_tokens)
+        queries = torch.where(q_ok, start[:, None] + q_pos, 0)
+        keys = torch.where(k_ok, start[:, None] + k_pos, 0)
         near = ((t[None, :] - b) - i[:, None]).abs() <= window_half  # (b, 3b), the same for every block
         mask = near[None] & k_ok[:, None, :]
         # Slots past a document's end get every key so that no softmax row is empty (their output is dropped).
