@@ -132,9 +132,6 @@ def test_parallelism_and_precision_choices(tmp_path, monkeypatch):
     with pytest.raises(TrainSetupError, match="FSDP_VERSION=2"):
         parallelism_config(recipe, "cpu", 2)
     monkeypatch.setenv("FSDP_VERSION", "2")
-    with pytest.raises(TrainSetupError, match="does not train on CPU"):
-        parallelism_config(recipe, "cpu", 2)
-    monkeypatch.setenv("MMBERT_ALLOW_CPU_FSDP", "1")
     fsdp = parallelism_config(recipe, "cpu", 2)["fsdp"]
     assert fsdp["state_dict_type"] == "full" and "sharding_strategy" not in fsdp
     assert parallelism_config(make_recipe(tmp_path, overrides=["trainer.parallelism=ddp"]), "cpu", 2) is None

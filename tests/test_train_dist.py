@@ -124,18 +124,20 @@ def test_ddp_matches_one_process(setup):
 
 @pytest.mark.dist
 @pytest.mark.slow
-@pytest.mark.xfail(
-    run=False,
-    reason="Composer 0.32.1 FSDP2 on CPU/gloo: the sharded parameters the optimizer holds never get a gradient "
-    "(it stays on the unsharded copies), so nothing trains and saving fails with 'Cannot use ReduceOp.AVG with "
-    "Gloo'; the trainer refuses FSDP on CPU. Run with --runxfail to check a newer Composer/torch.",
-)
-def test_fsdp2_matches_one_process(setup):
+def test_fsdp2_trains_like_one_process(setup):
+    """FSDP2 on CPU (gloo) trains: the first three logged losses (initial weights, then after one and two
+    optimizer steps) equal one process's. Known gap, checked last: from the third update on, the FSDP2 run
+    drifts by ~1e-3 relative (every tensor by about 2 x lr in its worst entry; not microbatching, not the mid-run
+    save, not StableAdamW's sharded RMS, which equals the unsharded one). Until it is found the test reports it as
+    an expected failure instead of passing."""
     single_losses, single_weights = run_single(setup, "single")
-    fsdp_losses, fsdp_weights = run_two_ranks(
-        setup, "fsdp", "trainer.parallelism=fsdp", FSDP_VERSION="2", MMBERT_ALLOW_CPU_FSDP="1"
-    )
-    assert fsdp_losses == pytest.approx(single_losses, rel=1e-5)
+    fsdp_losses, fsdp_weights = run_two_ranks(setup, "fsdp", "trainer.parallelism=fsdp", FSDP_VERSION="2")
+    assert len(fsdp_losses) == len(single_losses) == 4
+    assert fsdp_losses[:3] == pytest.approx(single_losses[:3], rel=1e-5)
+    if fsdp_losses != pytest.approx(single_losses, rel=1e-5):
+        pytest.xfail(
+            f"FSDP2-on-CPU drift from the third update: {fsdp_losses[3]:.6f} vs {single_losses[3]:.6f}"
+        )
     assert_same_weights(fsdp_weights, single_weights)
 
 

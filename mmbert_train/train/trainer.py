@@ -32,6 +32,7 @@ from mmbert_train.train.callbacks import (
     ModelConfigRecorder,
 )
 from mmbert_train.train.composer_model import MMBertComposerModel
+from mmbert_train.train.gloo_compat import enable_avg_reductions_on_gloo
 from mmbert_train.train.optim import build_optimizer
 from mmbert_train.train.schedulers import build_scheduler
 
@@ -40,7 +41,6 @@ log = logging.getLogger(__name__)
 # architecture fields a checkpoint must share with the recipe's preset (the rest may be overridden per phase)
 SHAPE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
 RECIPE_FILENAME = "recipe.yaml"
-ALLOW_CPU_FSDP_ENV = "MMBERT_ALLOW_CPU_FSDP"
 
 
 class TrainSetupError(ValueError):
@@ -80,16 +80,9 @@ def parallelism_config(recipe: Recipe, device: str, world_size: int) -> dict[str
             "trainer.parallelism=fsdp on CPU needs FSDP2: run with FSDP_VERSION=2 "
             "(FSDP1 needs CUDA), or use trainer.parallelism=ddp"
         )
-    if device == "cpu" and os.environ.get(ALLOW_CPU_FSDP_ENV) != "1":
-        # Measured with Composer 0.32.1 / torch 2.7 on gloo: the sharded parameters never receive gradients
-        # (they stay on the unsharded copies), so the optimizer never updates and the loss is that of an
-        # untrained model; saving then fails with "Cannot use ReduceOp.AVG with Gloo". Refuse rather than
-        # train nothing silently. tests/test_train_dist.py keeps the case (xfail) to notice when it is fixed.
-        raise TrainSetupError(
-            "trainer.parallelism=fsdp does not train on CPU with this Composer/torch (FSDP2 on gloo leaves the "
-            f"sharded parameters without gradients); use trainer.parallelism=ddp on CPU (set {ALLOW_CPU_FSDP_ENV}=1 "
-            "to try anyway)"
-        )
+    if device == "cpu":
+        # FSDP2 on gloo: DTensor's "avg" reductions (StableAdamW's per-tensor RMS) need a SUM / n stand-in
+        enable_avg_reductions_on_gloo()
     config: dict[str, Any] = {
         "sharding_strategy": fsdp.sharding_strategy,
         "state_dict_type": fsdp.state_dict_type,
