@@ -42,7 +42,6 @@ listed in :attr:`PhasePlan.skipped` (the planner reports them).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import posixpath
@@ -118,29 +117,14 @@ def token_to_sample_proportions(
 
 
 def load_manifest(path: str | os.PathLike) -> dict:
-    """Read ``manifest.json`` (``path`` is the file or the MDS root holding it), checked by data_prep if present."""
-    try:  # the data-prep engineer's reader checks the full schema (Contract 2)
-        from data_prep.manifest import load_manifest as _load
-    except ImportError:  # pragma: no cover - data_prep not installed: a minimal reader
-        _load = None
-    if _load is not None:
-        try:
-            return _load(path)
-        except ValueError as err:
-            raise DataValidationError(str(err)) from None
-    path = Path(path)
-    if path.is_dir():
-        path = path / MANIFEST_NAME
+    """Read ``manifest.json`` (``path`` is the file or the MDS root holding it), checked by data_prep's reader
+    (Contract 2); its errors come back as :class:`DataValidationError`."""
+    from data_prep.manifest import load_manifest as read_checked
+
     try:
-        with open(path, encoding="utf-8") as f:
-            manifest = json.load(f)
-    except FileNotFoundError:
-        raise DataValidationError(f"{path}: no manifest here; run `mmbert prep tokenize`") from None
-    except json.JSONDecodeError as err:
-        raise DataValidationError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("sources"), dict):
-        raise DataValidationError(f"{path}: expected an object with 'sources'")
-    return manifest
+        return read_checked(path)
+    except ValueError as err:
+        raise DataValidationError(str(err)) from None
 
 
 def fetch_manifest(remote: str, local_root: str | os.PathLike, timeout: float = 60.0) -> Path:
@@ -364,6 +348,16 @@ def build_phase_plan(
         keep = [f for f in folders if normalize_language(f) in wanted]
         return keep, [f for f in folders if f not in keep]
 
+    def select_and_report(source) -> list[str]:
+        """The source's folders to read; the others are reported as skipped (not selected)."""
+        keep, left = selected_folders(source)
+        for folder in left:
+            tokens = _folder_counts(manifest, source.name, folder)[0]
+            skipped.append(
+                SkippedFolder(source.name, folder, normalize_language(folder), tokens, NOT_SELECTED)
+            )
+        return keep
+
     entries_raw: list[dict] = []  # filled with tokens/samples, shares later
     skipped: list[SkippedFolder] = []
 
@@ -372,17 +366,7 @@ def build_phase_plan(
     # tau split and takes no language out of it.
     fixed_languages: set[str] = set()
     for source in fixed:
-        keep, left = selected_folders(source)
-        for folder in left:
-            skipped.append(
-                SkippedFolder(
-                    source.name,
-                    folder,
-                    normalize_language(folder),
-                    _folder_counts(manifest, source.name, folder)[0],
-                    NOT_SELECTED,
-                )
-            )
+        keep = select_and_report(source)
         rows = []
         for folder in keep:
             tokens, samples = _folder_counts(manifest, source.name, folder)
@@ -425,17 +409,7 @@ def build_phase_plan(
     tau_set = set(tau_languages)
     by_language: dict[str, list[dict]] = {x: [] for x in tau_languages}
     for source in multi:
-        keep, left = selected_folders(source)
-        for folder in left:
-            skipped.append(
-                SkippedFolder(
-                    source.name,
-                    folder,
-                    normalize_language(folder),
-                    _folder_counts(manifest, source.name, folder)[0],
-                    NOT_SELECTED,
-                )
-            )
+        keep = select_and_report(source)
         for folder in keep:
             tokens, samples = _folder_counts(manifest, source.name, folder)
             language = normalize_language(folder, f"manifest sources.{source.name}")
