@@ -200,7 +200,7 @@ def _open_hf_dir(directory: Path, trust_pickle: bool) -> Mapping[str, torch.Tens
     return _RenamedStateDict(state, {k: k for k in state if k != TIED_KEY})
 
 
-def _strip_wrappers(key: str) -> str:
+def strip_wrappers(key: str) -> str:
     # DDP's "module." and torch.compile's "_orig_mod." never belong to the parameter's name.
     parts = [p for p in key.split(".") if p != "_orig_mod"]
     if parts and parts[0] == "module":
@@ -210,7 +210,7 @@ def _strip_wrappers(key: str) -> str:
 
 def flexbert_to_hf_key(key: str) -> str | None:
     """FlexBert (Composer) key -> HF key, None for the tied decoder weight. See checkpoint-layouts.md."""
-    key = _strip_wrappers(key)
+    key = strip_wrappers(key)
     if key.startswith("model."):
         key = key[len("model.") :]
     if key == TIED_KEY:
@@ -232,7 +232,7 @@ def _composer_state(checkpoint: Any, path: Path) -> dict:
 
 
 def _composer_layout(model_state: Mapping) -> str:
-    keys = [_strip_wrappers(k) for k in model_state]
+    keys = [strip_wrappers(k) for k in model_state]
     if any(k.startswith("model.bert.") for k in keys):
         return "flexbert"
     if any(k.startswith("model.model.") for k in keys):
@@ -240,25 +240,32 @@ def _composer_layout(model_state: Mapping) -> str:
     return "unknown"
 
 
-def _open_composer(path: Path, trust_pickle: bool) -> tuple[Mapping[str, torch.Tensor], dict, str]:
-    state = _composer_state(load_pickle(path, trust_pickle=trust_pickle), path)
-    model_state = state["model"]
+def composer_to_hf_keys(model_state: Mapping, where: str = "state['model']") -> dict[str, str]:
+    """``{Composer key: HF key}`` for FlexBert's layout or ours (see checkpoint-layouts.md); the tied decoder
+    weight is left out. Also used to rename optimizer state saved under Composer's parameter names."""
     layout = _composer_layout(model_state)
+    if layout == "unknown":
+        raise CheckpointError(
+            f"{where}: keys are neither FlexBert's ('model.bert.…') nor ours ('model.model.…'); "
+            f"first key: {next(iter(model_state), None)!r}"
+        )
     names: dict[str, str] = {}
     for key in model_state:
         if layout == "flexbert":
             hf_key = flexbert_to_hf_key(key)
-        elif layout == "ours":
-            hf_key = _strip_wrappers(key)[len("model.") :]
-            hf_key = None if hf_key == TIED_KEY else hf_key
         else:
-            raise CheckpointError(
-                f"{path}: state['model'] keys are neither FlexBert's ('model.bert.…') nor ours ('model.model.…'); "
-                f"first key: {next(iter(model_state), None)!r}"
-            )
-        if hf_key is not None:
-            names[hf_key] = key
-    return _RenamedStateDict(model_state, names), state, layout
+            hf_key = strip_wrappers(key)[len("model.") :]
+        if hf_key is not None and hf_key != TIED_KEY:
+            names[key] = hf_key
+    return names
+
+
+def _open_composer(path: Path, trust_pickle: bool) -> tuple[Mapping[str, torch.Tensor], dict, str]:
+    state = _composer_state(load_pickle(path, trust_pickle=trust_pickle), path)
+    model_state = state["model"]
+    to_hf = composer_to_hf_keys(model_state, f"{path}: state['model']")
+    names = {hf_key: key for key, hf_key in to_hf.items()}
+    return _RenamedStateDict(model_state, names), state, _composer_layout(model_state)
 
 
 def _is_hf_dir(path: Path) -> bool:

@@ -121,16 +121,12 @@ def _composer_optimizer_state(path: Path, trust_pickle: bool) -> dict[str, Any] 
             f"{path}: optimizer {name!r} keys its state by parameter index, not by name, so it cannot be mapped "
             "onto this model safely; set init_from.load_optimizer_state=false"
         )
-    layout = checkpoints._composer_layout(state["model"])
+    to_hf = checkpoints.composer_to_hf_keys(state["model"], f"{path}: state['model']")
+    to_hf = {checkpoints.strip_wrappers(k): v for k, v in to_hf.items()}
 
-    def our_name(key: str) -> str | None:
-        if layout == "flexbert":
-            hf_key = checkpoints.flexbert_to_hf_key(key)
-        else:
-            hf_key = checkpoints._strip_wrappers(key)[len("model.") :]
-        if hf_key is None or hf_key == "decoder.weight":
-            return None  # the tied decoder weight is the embedding
-        return "model." + hf_key
+    def our_name(key: str) -> str | None:  # optimizer keys may carry wrappers (DDP, compile) of their own
+        hf_key = to_hf.get(checkpoints.strip_wrappers(key))
+        return None if hf_key is None else "model." + hf_key
 
     renamed = {our_name(k): v for k, v in per_param.items() if our_name(k) is not None}
     groups = []
