@@ -89,7 +89,11 @@ def _fake_eval(
     report = {
         "mask_ratio": 0.15,
         "seed": 1234,
-        "languages": {x: {"accuracy": per_lang.get(x, 0.1), "loss": 5.0} for g in groups.values() for x in g},
+        "languages": {
+            x: {"accuracy": per_lang.get(x, 0.1), "loss": 5.0 - 10 * (per_lang.get(x, 0.1) - 0.1)}
+            for g in groups.values()
+            for x in g
+        },
         "groups": {
             g: {"accuracy": accuracy[g], "loss": 6.0 - 10 * accuracy[g], "masked_tokens": 1000}
             for g in groups
@@ -128,10 +132,11 @@ def test_report_tables_spread_and_conclusion_from_the_results(exp, tmp_path):
     text = report.read_text()
     assert plot.stat().st_size > 10_000 and plot.read_bytes()[:4] == b"\x89PNG"
     assert "| Decay-All | 20.0 (20.0–20.0) | 15.0 (15.0–15.0) | 10.0 (9.0–11.0) |" in text
-    assert "| Decay-All − Decay-Cont | 0.0 (0.0–0.0) | 0.0 (0.0–0.0) | 5.0 (4.0–6.0) |" in text
-    assert "seed 1: 100%, seed 2: 100%" in text
+    assert "| Decay-All − Decay-Cont | +0.0 [+0.0, +0.0] | +0.0 [+0.0, +0.0] | +5.0 [+4.0, +6.0] |" in text
+    assert "lower held-out loss on 100%, 100%; higher accuracy on 100% (ties 0%), 100% (ties 0%)" in text
     assert "**The decay-only languages are learned in the decay phase.**" in text
     assert "beats Decay-Cont by +4.00, +6.00 points" in text
+    assert "its held-out loss is lower by 0.40, 0.60 nats" in text
     assert "The TIES merge keeps 50%, 50% (per seed)" in text
     assert "![held-out accuracy per group and checkpoint](report.png)" in text
     assert "Missing from this run" not in text and "test machine" in text
@@ -147,7 +152,7 @@ def test_report_says_when_seeds_disagree_and_what_is_missing(exp, tmp_path):
                      missing=["seed 2: TIES merge (not trained / evaluated)"], machine="m")  # fmt: skip
     text = report.read_text()
     assert "**No consistent effect on the decay-only languages at this scale**" in text
-    assert "+2.00, -1.00 points" in text
+    assert "is +2.00, -1.00 accuracy points and -0.20, +0.10 nats of loss" in text
     assert "| TIES merge | 20.0 (1 seed) |" in text
     assert "## Missing from this run\n\n- seed 2: TIES merge (not trained / evaluated)" in text
     assert "learned in the decay phase" not in text
