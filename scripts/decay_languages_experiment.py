@@ -1,7 +1,7 @@
 """The decay-languages experiment: are languages added only in the decay phase learned? One command:
 
-    make experiment                                   # = python scripts/decay_languages_experiment.py
-    python scripts/decay_languages_experiment.py --seeds 21 22 --threads 1
+    make experiment
+    python scripts/decay_languages_experiment.py --seeds 21 22 23 --jobs 2    # what `make experiment` runs
     python scripts/decay_languages_experiment.py --report-only          # rebuild the report from finished runs
 
 For every seed it runs the recipes in ``recipes/experiments/decay_languages/`` on the UDHR sample corpus:
@@ -688,7 +688,9 @@ def machine_description(threads: int, jobs: int = 1) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--seeds", type=int, nargs="+", default=[21, 22], help="training seeds (default 21 22)")
+    p.add_argument(
+        "--seeds", type=int, nargs="+", default=[21, 22, 23], help="training seeds (default 21 22 23)"
+    )
     p.add_argument("--run-dir", type=Path, default=RUN_DIR, help=f"where runs go (default {RUN_DIR})")
     p.add_argument("--data", type=Path, default=None, help="prepared data (default RUN_DIR/data)")
     p.add_argument("--report", type=Path, default=REPORT, help=f"report path (default {REPORT})")
