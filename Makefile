@@ -26,8 +26,8 @@ test-all: $(STAMP)
 	$(PY) -m pytest -q -m ''
 
 lint: $(STAMP)
-	$(PY) -m ruff check mmbert_train data_prep tests bench train.py
-	$(PY) -m ruff format --check mmbert_train data_prep tests bench train.py
+	$(PY) -m ruff check mmbert_train data_prep tests bench scripts train.py
+	$(PY) -m ruff format --check mmbert_train data_prep tests bench scripts train.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -14,7 +14,10 @@ import sys
 # name -> ("module:function", one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "prep": ("data_prep.cli:main", "data preparation: udhr, train-tokenizer, tokenize, stats"),
-    "plan": ("mmbert_train.data.planner:main", "print a phase's sampling plan (tokens, shares, epochs) + plot"),
+    "plan": (
+        "mmbert_train.data.planner:main",
+        "print a phase's sampling plan (tokens, shares, epochs) + plot",
+    ),
     "config": ("mmbert_train.config:main", "print a recipe fully resolved and validated, as YAML"),
     "train": ("mmbert_train.train.entry:main", "train a recipe in this process (same as `python train.py`)"),
     "merge": ("mmbert_train.merge:main", "merge checkpoints (TIES, linear, EMA over checkpoints)"),
