@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils import _pytree as pytree
 
 from .attention import ATTENTION_FUNCTIONS, resolve_backend
 from .config import ModelConfig, output_projection_std
@@ -40,6 +41,12 @@ class MaskedLMOutput:
 
     def __getitem__(self, key: str):  # dict-style access, like transformers' ModelOutput
         return getattr(self, key)
+
+
+# FSDP2 finds the tensors of a module's output with torch's pytree to hook its backward (the root's hook queues
+# the final gradient reduce-scatter); an unregistered dataclass is an opaque leaf, and then the sharded
+# parameters never receive their gradients. Registering it makes `loss` and `logits` visible.
+pytree.register_dataclass(MaskedLMOutput)
 
 
 def _layer_norm(config: ModelConfig) -> nn.LayerNorm:
