@@ -30,13 +30,7 @@ from mmbert_train.model import MMBertForMaskedLM, ModelConfig, save_pretrained
 VOCAB = 640  # above every id of the 600-entry fixture tokenizer
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # tiny matrices: one intra-op thread is much faster than two fighting other processes for 2 cores
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

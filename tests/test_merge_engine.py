@@ -21,13 +21,7 @@ from mmbert_train.model import ModelConfig
 CONFIG = ModelConfig.preset("tiny", vocab_size=320)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Many small tensor ops: on a shared, busy machine OpenMP threads cost far more than they bring."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

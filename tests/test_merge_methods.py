@@ -55,13 +55,7 @@ def random_state(shape_by_key, seed, dtype=torch.float32, integer_valued=False):
 SHAPES = {"emb": (13, 6), "norm": (6,), "w": (5, 7)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Many small tensor ops: on a shared, busy machine OpenMP threads cost far more than they bring."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("density", [0.0, 0.2, 0.5, 0.77, 1.0])
