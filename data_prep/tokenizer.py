@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import sys
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
+
+from mmbert_train.atomic import atomic_output_dir
 
 SPECIAL_TOKENS = {"pad": "<pad>", "eos": "<eos>", "bos": "<bos>", "unk": "<unk>", "mask": "<mask>"}
 SPECIAL_IDS = {"pad": 0, "eos": 1, "bos": 2, "unk": 3, "mask": 4}
@@ -180,10 +180,6 @@ def train_tokenizer(
         raise FileExistsError(f"{out_dir} exists and is not empty; pass --overwrite to replace it")
     texts, used, cap = _language_texts(raw_dir, text_field, chars_per_language, max_chars)
     tok = build_tokenizer(texts, vocab_size, show_progress=show_progress)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_tokenizer(tok, tmp)
     info = {
         "input": str(raw_dir),
         "vocab_size_requested": vocab_size,
@@ -191,11 +187,10 @@ def train_tokenizer(
         "chars_per_language_cap": cap,
         "characters_used": dict(sorted(used.items())),
     }
-    with open(tmp / TRAINING_INFO, "w", encoding="utf-8") as f:
-        json.dump(info, f, indent=2, ensure_ascii=False)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+    with atomic_output_dir(out_dir, overwrite=True) as tmp:
+        save_tokenizer(tok, tmp)
+        with open(tmp / TRAINING_INFO, "w", encoding="utf-8") as f:
+            json.dump(info, f, indent=2, ensure_ascii=False)
     return info
 
 

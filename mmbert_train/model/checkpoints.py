@@ -27,8 +27,6 @@ import datetime
 import json
 import os
 import re
-import shutil
-import tempfile
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -36,6 +34,7 @@ from typing import Any
 
 import torch
 
+from ..atomic import atomic_output_dir
 from .config import ModelConfig
 from .modeling import MMBertForMaskedLM
 
@@ -463,10 +462,7 @@ def save_pretrained(model: MMBertForMaskedLM, out_dir: str | os.PathLike, tokeni
     from safetensors.torch import save_file
 
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
-        os.chmod(tmp, 0o755)
+    with atomic_output_dir(out_dir, overwrite=True) as tmp:
         tensors = {
             key: value.detach().to("cpu", torch.float32).contiguous()
             for key, value in model.state_dict().items()
@@ -480,16 +476,4 @@ def save_pretrained(model: MMBertForMaskedLM, out_dir: str | os.PathLike, tokeni
         (tmp / HF_CONFIG).write_text(json.dumps(hf, indent=2, sort_keys=True) + "\n")
         if tokenizer is not None:
             _save_tokenizer(tokenizer, tmp, model.config)
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old")
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
