@@ -204,12 +204,17 @@ def test_sparse_logits_and_loss_match_transformers_sparse_prediction():
     )
     with torch.no_grad():
         expected = hf(input_ids=ids, attention_mask=mask, labels=labels)
-        got = ours(ids, mask, labels=labels)
+        got = ours(ids, mask, labels=labels, return_logits=True)
+        chunked = ours(ids, mask, labels=labels)  # the default: chunked loss, no logits
     n_labelled = int((labels != -100).sum())
     assert got.logits.shape == (n_labelled, config.vocab_size) == expected.logits.shape
     assert (got.logits - expected.logits).abs().max().item() <= 1e-4
     assert abs(got.loss.item() - expected.loss.item()) <= 1e-5
     assert isinstance(got, MaskedLMOutput) and got["loss"] is got.loss
+    assert chunked.logits is None and abs(chunked.loss.item() - expected.loss.item()) <= 1e-5
+    expected_correct = int((expected.logits.argmax(-1) == labels[labels != -100]).sum())
+    assert int(chunked.num_correct) == int(got.num_correct) == expected_correct
+    assert int(chunked.num_labelled) == n_labelled
 
 
 # ---- batch forms --------------------------------------------------------------------------------------------
@@ -271,7 +276,7 @@ def test_labels_in_packed_rows_select_the_labelled_tokens_in_row_major_order():
     labels[0, 3], labels[0, 15], labels[1, 0] = 7, 8, 9
     with torch.no_grad():
         full = model(ids, mask, doc_lens=doc_lens).logits
-        sparse = model(ids, mask, labels, doc_lens=doc_lens)
+        sparse = model(ids, mask, labels, doc_lens=doc_lens, return_logits=True)
     expected = torch.stack([full[0, 3], full[0, 15], full[1, 0]])
     assert (sparse.logits - expected).abs().max().item() <= 1e-5
     ref_loss = torch.nn.functional.cross_entropy(expected, torch.tensor([7, 8, 9]))
@@ -281,9 +286,14 @@ def test_labels_in_packed_rows_select_the_labelled_tokens_in_row_major_order():
 def test_no_labelled_token_gives_zero_loss_attached_to_the_graph():
     model = MMBertForMaskedLM(ModelConfig.preset("tiny"))
     ids, mask = padded_batch(512, [12, 9])
-    out = model(ids, mask, labels=torch.full_like(ids, -100))
+    out = model(ids, mask, labels=torch.full_like(ids, -100), return_logits=True)
     assert out.logits.shape == (0, 512) and out.loss.item() == 0.0
     out.loss.backward()
+    model.zero_grad(set_to_none=True)
+    out = model(ids, mask, labels=torch.full_like(ids, -100))  # the chunked loss
+    assert out.logits is None and out.loss.item() == 0.0 and int(out.num_labelled) == 0
+    out.loss.backward()
+    assert torch.equal(model.decoder.bias.grad, torch.zeros_like(model.decoder.bias))
 
 
 # ---- bad input ----------------------------------------------------------------------------------------------

@@ -3,14 +3,23 @@
 Public API (Contract 1 in docs/architecture.md)::
 
     from mmbert_train.model import ModelConfig, MMBertForMaskedLM, load_pretrained, save_pretrained
+    from mmbert_train.model import compile_regions      # regional torch.compile, in place
 """
 
 from __future__ import annotations
 
+from .compile import compile_regions
 from .config import ModelConfig
 from .modeling import MaskedLMOutput, MMBertForMaskedLM
 
-__all__ = ["ModelConfig", "MMBertForMaskedLM", "MaskedLMOutput", "load_pretrained", "save_pretrained"]
+__all__ = [
+    "ModelConfig",
+    "MMBertForMaskedLM",
+    "MaskedLMOutput",
+    "compile_regions",
+    "load_pretrained",
+    "save_pretrained",
+]
 
 
 def __getattr__(name: str):

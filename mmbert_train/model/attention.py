@@ -1,32 +1,48 @@
 """Self-attention on unpadded tokens, with four interchangeable backends.
 
-Every backend takes ``q, k, v`` of shape ``(num_tokens, heads, head_dim)`` (RoPE already applied) and a
-`TokenLayout`, and returns ``(num_tokens, heads, head_dim)``. Tokens attend only inside their own document; in
-local layers (``window_half >= 0``) query ``i`` also sees key ``j`` only iff ``|i - j| <= window_half``.
+Every backend takes ``q, k, v`` of shape ``(num_tokens, heads, head_dim)`` (RoPE already applied) and returns
+``(num_tokens, heads, head_dim)``. Tokens attend only inside their own document; in local layers
+(``window_half >= 0``) query ``i`` also sees key ``j`` only iff ``|i - j| <= window_half``.
+
+Each backend has two halves, so that the per-layer tensor work can run inside a compiled region
+(`mmbert_train.model.compile_regions`) while the host-side layout work runs once per batch, outside it:
+
+- ``prepare(layout, window_half)``: host side, once per batch and window (cached on the `TokenLayout`): index
+  tensors, masks, ``cu_seqlens`` / ``max_seqlen``, FlexAttention's block mask;
+- ``run(q, k, v, prepared, window_half, dropout_p)``: tensor work only, traceable by torch.compile without a graph
+  break. ``attention(name)(q, k, v, layout, window_half)`` composes the two.
 
 - ``flash``: flash-attn's ``flash_attn_varlen_func`` on the flat stream, ``window_size=(w, w)``. CUDA, fp16/bf16.
+  Recent flash-attn registers it as a torch custom op; for older versions we wrap it in one (`_flash_varlen_op`).
 - ``flex``: PyTorch FlexAttention on the flat stream with a document (+ sliding-window) block mask; compiled on
-  CUDA. On CPU it runs PyTorch's unfused reference implementation (correct, quadratic: tests only).
-- ``sdpa``: ``F.scaled_dot_product_attention``. Global layers (and local layers when every document is short):
-  documents grouped into buckets of similar length, one padded rectangle per bucket. Local layers when the longest
-  document exceeds ``4w`` (``w = local_attention // 2``): block-local attention — each document is cut into blocks
-  of ``w`` tokens and each block attends only to the ``3w`` keys of itself and its two neighbours (masked to
+  CUDA. On CPU it runs PyTorch's unfused reference implementation (correct, quadratic: tests only); torch >= 2.9
+  has no FlexAttention backward on CPU at all (`flex_backward_supported`), so training with it there is refused.
+- ``sdpa``: ``F.scaled_dot_product_attention`` on gathered rectangles, as one custom op (``mmbert::gathered_sdpa``)
+  that receives the index tensors and keeps only ``q, k, v`` for backward (it re-gathers and recomputes the
+  attention forward there): global layers (and local layers when every document is short) group documents into
+  buckets of similar length, one padded rectangle per bucket; local layers when the longest document exceeds
+  ``4w`` (``w = local_attention // 2``) use block-local attention — each document is cut into blocks of ``w``
+  tokens and each block attends only to the ``3w`` keys of itself and its two neighbours (masked to
   ``|i - j| <= w``), so the cost grows linearly with length instead of quadratically.
-- ``eager``: an explicit ``softmax(q k^T / sqrt(d) + mask) v`` reference on the rectangle.
+- ``eager``: an explicit ``softmax(q k^T / sqrt(d) + mask) v`` reference on the rectangle (not for compilation).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-from .layout import TokenLayout, block_local_index, document_buckets, from_buckets, to_buckets
+from .layout import TokenLayout, block_local_index, document_buckets
 
 BACKENDS = ("flash", "flex", "sdpa", "eager")
 _FLEX_BLOCK = 128  # FlexAttention's default block size; the flat stream is padded to a multiple of it
+FLASH_DEVICE_TYPES = ("cuda",)  # flash-attn runs on CUDA only (tests substitute a CPU stand-in)
 
 
 def flash_attn_available() -> bool:
@@ -37,6 +53,33 @@ def flex_attention_available() -> bool:
     return importlib.util.find_spec("torch.nn.attention.flex_attention") is not None
 
 
+@functools.cache
+def flex_backward_supported(device_type: str) -> bool:
+    """Whether FlexAttention can back-propagate on this device type, found by trying it once on a tiny input
+    (torch 2.5-2.8 run an unfused reference with autograd on CPU; torch >= 2.9 raise NotImplementedError)."""
+    if device_type == "cuda":
+        return True
+    from torch.nn.attention.flex_attention import flex_attention as flex
+
+    q = torch.zeros(1, 1, _FLEX_BLOCK, 8, device=device_type, requires_grad=True)
+    try:
+        flex(q, q, q).sum().backward()
+    except NotImplementedError:
+        return False
+    return True
+
+
+def check_trainable(backend: str, device: torch.device | str) -> None:
+    """Raise a clear error when ``backend`` cannot train (back-propagate) on ``device``."""
+    device_type = torch.device(device).type
+    if backend == "flex" and not flex_backward_supported(device_type):
+        raise RuntimeError(
+            f"model.attn_backend='flex' cannot train on {device_type}: this torch ({torch.__version__}) has no "
+            f"FlexAttention backward on {device_type}. Use attn_backend: sdpa (or auto, which picks sdpa off "
+            "CUDA); flex remains usable there for inference"
+        )
+
+
 def resolve_backend(requested: str, device: torch.device) -> str:
     """``auto``: flash-attn when installed and on CUDA, else FlexAttention on CUDA, else sdpa."""
     if requested != "auto":
@@ -44,7 +87,7 @@ def resolve_backend(requested: str, device: torch.device) -> str:
             raise RuntimeError(
                 "attn_backend='flash' needs the flash-attn package (pip install 'mmbert-train[gpu]')"
             )
-        if requested == "flash" and device.type != "cuda":
+        if requested == "flash" and device.type not in FLASH_DEVICE_TYPES:
             raise RuntimeError(f"attn_backend='flash' needs CUDA tensors, got device {device}")
         if requested not in BACKENDS:
             raise ValueError(f"unknown attention backend {requested!r}; choose from {('auto',) + BACKENDS}")
@@ -57,16 +100,7 @@ def resolve_backend(requested: str, device: torch.device) -> str:
     return "sdpa"
 
 
-# ---- rectangle helpers (sdpa / eager) ----------------------------------------------------------------------
-
-
-def _rectangle(layout: TokenLayout, q, k, v, length: int | None = None):
-    """(num_tokens, h, d) -> (num_docs, h, length, d) for each of q, k, v."""
-    return [layout.to_padded(t, length).transpose(1, 2) for t in (q, k, v)]
-
-
-def _from_rectangle(layout: TokenLayout, out: torch.Tensor) -> torch.Tensor:
-    return layout.from_padded(out.transpose(1, 2))
+# ---- eager reference --------------------------------------------------------------------------------------
 
 
 def _dense_mask(layout: TokenLayout, window_half: int) -> torch.Tensor | None:
@@ -84,9 +118,14 @@ def _dense_mask(layout: TokenLayout, window_half: int) -> torch.Tensor | None:
     return layout.cached(("dense_mask", window_half), build)
 
 
-def eager_attention(q, k, v, layout: TokenLayout, window_half: int, dropout_p: float = 0.0) -> torch.Tensor:
+def eager_prepare(layout: TokenLayout, window_half: int) -> TokenLayout:
+    _dense_mask(layout, window_half)
+    return layout
+
+
+def eager_run(q, k, v, layout: TokenLayout, window_half: int, dropout_p: float = 0.0) -> torch.Tensor:
     """Reference: explicit scores, -inf outside the mask, softmax in fp32."""
-    qr, kr, vr = _rectangle(layout, q, k, v)
+    qr, kr, vr = (layout.to_padded(t).transpose(1, 2) for t in (q, k, v))
     scores = (qr @ kr.transpose(-1, -2)) * (q.shape[-1] ** -0.5)
     mask = _dense_mask(layout, window_half)
     if mask is not None:
@@ -94,7 +133,28 @@ def eager_attention(q, k, v, layout: TokenLayout, window_half: int, dropout_p: f
     probs = torch.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32)).to(q.dtype)
     if dropout_p > 0.0:
         probs = F.dropout(probs, p=dropout_p)
-    return _from_rectangle(layout, probs @ vr)
+    return layout.from_padded((probs @ vr).transpose(1, 2))
+
+
+# ---- sdpa: gathered rectangles as one custom op -------------------------------------------------------------
+
+
+class SdpaPlan(NamedTuple):
+    """Rectangles of gathered tokens for sdpa, all index tensors concatenated (a fixed number of inputs whatever
+    the number of rectangles, so a compiled region sees the same signature for every batch).
+
+    ``meta`` (int64, host): ``[identity, n_rects, (rows, q_len, k_len, mask_kind) per rectangle]``; ``identity``
+    = 1 when the stream is already one full rectangle (no gather); ``mask_kind`` -1 none, 0 key-only
+    ``(rows, 1, 1, k_len)``, 1 full ``(rows, 1, q_len, k_len)``. ``q_index`` / ``k_index``: token of each query /
+    key slot (padding slots point at token 0 and are masked as keys); ``mask``: the rectangles' boolean masks
+    flattened (True = attend); ``out_index``: for each token of the stream, its query slot.
+    """
+
+    q_index: torch.Tensor
+    k_index: torch.Tensor
+    mask: torch.Tensor
+    out_index: torch.Tensor
+    meta: torch.Tensor
 
 
 def _use_block_local(layout: TokenLayout, window_half: int) -> bool:
@@ -102,56 +162,162 @@ def _use_block_local(layout: TokenLayout, window_half: int) -> bool:
     return window_half >= 0 and layout.max_seqlen > 4 * max(window_half, 1)
 
 
-def _block_local_sdpa(q, k, v, layout: TokenLayout, window_half: int, dropout_p: float) -> torch.Tensor:
-    index = block_local_index(layout, window_half)
-    blocks, b = index.queries.shape
-    heads, dim = q.shape[1], q.shape[2]
-
-    def gather(t, slots):  # (T, h, d) -> (blocks, h, slots, d); padding slots repeat token 0, masked out
-        return t[slots].transpose(1, 2)
-
-    out = F.scaled_dot_product_attention(
-        gather(q, index.queries),
-        gather(k, index.keys),
-        gather(v, index.keys),
-        attn_mask=index.mask,
-        dropout_p=dropout_p,
-    )
-    return out.transpose(1, 2).reshape(blocks * b, heads, dim)[index.real_queries]
-
-
-def _bucket_masks(layout: TokenLayout, window_half: int) -> list[torch.Tensor | None]:
-    def build():
-        buckets, _ = layout.cached("buckets", lambda: document_buckets(layout))
-        masks = []
-        for bucket in buckets:
-            length = bucket.valid.shape[1]
-            if window_half < 0:
-                masks.append(None if bucket.full else bucket.valid[:, None, None, :])
-                continue
-            pos = torch.arange(length, device=bucket.valid.device)
+def _bucket_plan(layout: TokenLayout, window_half: int) -> SdpaPlan:
+    buckets, inverse = layout.cached("buckets", lambda: document_buckets(layout))
+    device = layout.cu_seqlens.device
+    meta = [0, len(buckets)]
+    masks = []
+    for bucket in buckets:
+        rows, length = bucket.valid.shape
+        if window_half < 0:
+            kind, mask = (-1, None) if bucket.full else (0, bucket.valid)
+        else:
+            pos = torch.arange(length, device=device)
             near = (pos[:, None] - pos[None, :]).abs() <= window_half
             # Padding query slots attend to everything so that no softmax row is empty (output dropped).
-            mask = (near[None] & bucket.valid[:, None, :]) | ~bucket.valid[:, :, None]
-            masks.append(mask[:, None])
-        return masks
+            kind, mask = 1, (near[None] & bucket.valid[:, None, :]) | ~bucket.valid[:, :, None]
+        meta += [rows, length, length, kind]
+        if mask is not None:
+            masks.append(mask.flatten())
+    # One trailing unused element: the mask is never empty (a compiled region would specialise on size 0).
+    mask = torch.cat(masks + [torch.ones(1, dtype=torch.bool, device=device)])
+    if layout.uniform and len(buckets) == 1 and window_half < 0:
+        meta[0] = 1
+        stream = torch.arange(layout.num_tokens, device=device)  # unused; same signature as the gather case
+        return SdpaPlan(stream, stream, mask, stream, torch.tensor(meta))
+    index = torch.cat([b.gather.flatten() for b in buckets])
+    slots = torch.cat([b.valid.flatten() for b in buckets]).nonzero().flatten()  # query slots, bucket order
+    out_index = slots if inverse is None else slots[inverse]
+    return SdpaPlan(index, index, mask, out_index, torch.tensor(meta))
 
-    return layout.cached(("bucket_masks", window_half), build)
+
+def _block_local_plan(layout: TokenLayout, window_half: int) -> SdpaPlan:
+    index = block_local_index(layout, window_half)
+    blocks, b = index.queries.shape
+    meta = torch.tensor([0, 1, blocks, b, 3 * b, 1])
+    out_index = index.real_queries.nonzero().flatten()  # blocks are in stream order
+    mask = torch.cat([index.mask.flatten(), index.mask.new_ones(1)])  # see _bucket_plan
+    return SdpaPlan(index.queries.flatten(), index.keys.flatten(), mask, out_index, meta)
 
 
-def sdpa_attention(q, k, v, layout: TokenLayout, window_half: int, dropout_p: float = 0.0) -> torch.Tensor:
-    """Global layers (and local layers on short documents): one SDPA call per bucket of similar-length
-    documents; local layers on long documents: block-local SDPA."""
-    if _use_block_local(layout, window_half):
-        return _block_local_sdpa(q, k, v, layout, window_half, dropout_p)
-    masks = _bucket_masks(layout, window_half)
-    outs = []
-    for qb, kb, vb, mask in zip(to_buckets(layout, q), to_buckets(layout, k), to_buckets(layout, v), masks):
+def sdpa_prepare(layout: TokenLayout, window_half: int) -> SdpaPlan:
+    def build():
+        if _use_block_local(layout, window_half):
+            return _block_local_plan(layout, window_half)
+        return _bucket_plan(layout, window_half)
+
+    return layout.cached(("sdpa_plan", window_half), build)
+
+
+def _gathered_sdpa(q, k, v, q_index, k_index, mask, out_index, meta, dropout_p: float) -> torch.Tensor:
+    """The attention of `SdpaPlan`: gather, one SDPA call per rectangle, back to stream order."""
+    values = meta.tolist()
+    identity, n_rects = values[0], values[1]
+    heads, dim = q.shape[1], q.shape[2]
+    if identity:
+        rows, length = values[2], values[3]
         out = F.scaled_dot_product_attention(
-            qb.transpose(1, 2), kb.transpose(1, 2), vb.transpose(1, 2), attn_mask=mask, dropout_p=dropout_p
+            *(t.view(rows, length, heads, dim).transpose(1, 2) for t in (q, k, v)), dropout_p=dropout_p
         )
-        outs.append(out.transpose(1, 2))
-    return from_buckets(layout, outs)
+        return out.transpose(1, 2).reshape(q.shape)
+    qs, ks, vs = q[q_index], k[k_index], v[k_index]
+    outs, q_off, k_off, m_off = [], 0, 0, 0
+    for r in range(n_rects):
+        rows, q_len, k_len, kind = values[2 + 4 * r : 6 + 4 * r]
+        rect_mask = None
+        if kind >= 0:
+            shape = (rows, 1, q_len if kind == 1 else 1, k_len)
+            size = shape[0] * shape[2] * shape[3]
+            rect_mask, m_off = mask[m_off : m_off + size].view(shape), m_off + size
+        out = F.scaled_dot_product_attention(
+            qs[q_off : q_off + rows * q_len].view(rows, q_len, heads, dim).transpose(1, 2),
+            ks[k_off : k_off + rows * k_len].view(rows, k_len, heads, dim).transpose(1, 2),
+            vs[k_off : k_off + rows * k_len].view(rows, k_len, heads, dim).transpose(1, 2),
+            attn_mask=rect_mask,
+            dropout_p=dropout_p,
+        )
+        outs.append(out.transpose(1, 2).reshape(rows * q_len, heads, dim))
+        q_off, k_off = q_off + rows * q_len, k_off + rows * k_len
+    return torch.cat(outs)[out_index]
+
+
+@torch.library.custom_op("mmbert::gathered_sdpa", mutates_args=())
+def gathered_sdpa(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_index: torch.Tensor,
+    k_index: torch.Tensor,
+    mask: torch.Tensor,
+    out_index: torch.Tensor,
+    meta: torch.Tensor,
+) -> torch.Tensor:
+    return _gathered_sdpa(q, k, v, q_index, k_index, mask, out_index, meta, 0.0)
+
+
+@gathered_sdpa.register_fake
+def _(q, k, v, q_index, k_index, mask, out_index, meta):
+    return torch.empty_like(q)
+
+
+@contextlib.contextmanager
+def _autograd_inside_custom_op():
+    """Record autograd again inside a custom op's implementation, which the dispatcher runs with the autograd
+    keys excluded: the recomputing backward ops below differentiate their own forward."""
+    exclude = torch._C._dispatch_tls_local_exclude_set()
+    for key in (torch._C.DispatchKey.AutogradFunctionality, torch._C.DispatchKey.AutogradOther):
+        exclude = exclude.remove(key)
+    with torch._C._ForceDispatchKeyGuard(torch._C._dispatch_tls_local_include_set(), exclude):
+        with torch.enable_grad():
+            yield
+
+
+@torch.library.custom_op("mmbert::gathered_sdpa_backward", mutates_args=())
+def gathered_sdpa_backward(
+    grad: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_index: torch.Tensor,
+    k_index: torch.Tensor,
+    mask: torch.Tensor,
+    out_index: torch.Tensor,
+    meta: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    # Recompute: the gathered copies (3 of K and V in block-local layers) are never kept between passes.
+    with _autograd_inside_custom_op():
+        leaves = [t.detach().requires_grad_(True) for t in (q, k, v)]
+        out = _gathered_sdpa(*leaves, q_index, k_index, mask, out_index, meta, 0.0)
+        dq, dk, dv = torch.autograd.grad(out, leaves, grad)
+    return dq, dk, dv
+
+
+@gathered_sdpa_backward.register_fake
+def _(grad, q, k, v, q_index, k_index, mask, out_index, meta):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _sdpa_setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _sdpa_backward(ctx, grad):
+    q, k, v, *plan = ctx.saved_tensors
+    dq, dk, dv = gathered_sdpa_backward(grad.contiguous(), q, k, v, *plan)
+    return dq, dk, dv, None, None, None, None, None
+
+
+gathered_sdpa.register_autograd(_sdpa_backward, setup_context=_sdpa_setup_context)
+
+
+def sdpa_run(q, k, v, plan: SdpaPlan, window_half: int, dropout_p: float = 0.0) -> torch.Tensor:
+    """Global layers (and local layers on short documents): one SDPA call per bucket of similar-length
+    documents; local layers on long documents: block-local SDPA. See `SdpaPlan`."""
+    if dropout_p > 0.0:
+        # Probability dropout cannot be recomputed identically in backward: plain autograd (keeps the gathers).
+        return _gathered_sdpa(q, k, v, *plan, dropout_p)
+    # Contiguous copies: v is a view of the fused qkv projection, which saving it would keep alive whole.
+    return gathered_sdpa(q.contiguous(), k.contiguous(), v.contiguous(), *plan)
 
 
 # ---- FlexAttention ---------------------------------------------------------------------------------------
@@ -166,7 +332,7 @@ def _compiled_flex_attention():
     return torch.compile(flex_attention)
 
 
-def _flex_block_mask(layout: TokenLayout, window_half: int):
+def flex_prepare(layout: TokenLayout, window_half: int):
     from torch.nn.attention.flex_attention import create_block_mask
 
     def build():
@@ -193,52 +359,164 @@ def _flex_block_mask(layout: TokenLayout, window_half: int):
     return layout.cached(("flex_block_mask", window_half), build)
 
 
-def flex_attention(q, k, v, layout: TokenLayout, window_half: int, dropout_p: float = 0.0) -> torch.Tensor:
+def flex_run(q, k, v, block_mask, window_half: int, dropout_p: float = 0.0) -> torch.Tensor:
     if dropout_p > 0.0:
         raise NotImplementedError("the flex backend has no attention-probability dropout; use sdpa or flash")
-    block_mask = _flex_block_mask(layout, window_half)
     total = block_mask.shape[-2]
-    pad = total - layout.num_tokens
+    num_tokens = q.shape[0]
 
     def prep(t):  # (T, h, d) -> (1, h, total, d)
-        return F.pad(t, (0, 0, 0, 0, 0, pad)).transpose(0, 1).unsqueeze(0)
+        return F.pad(t, (0, 0, 0, 0, 0, total - num_tokens)).transpose(0, 1).unsqueeze(0)
 
-    if q.device.type == "cuda":
-        fn = _compiled_flex_attention()
+    if torch.compiler.is_compiling() or q.device.type != "cuda":
+        from torch.nn.attention.flex_attention import flex_attention as fn  # traced by the enclosing compile
     else:
-        from torch.nn.attention.flex_attention import flex_attention as fn
+        fn = _compiled_flex_attention()
     out = fn(prep(q), prep(k), prep(v), block_mask=block_mask)
-    return out[0].transpose(0, 1)[: layout.num_tokens]
+    return out[0].transpose(0, 1)[:num_tokens]
 
 
 # ---- flash-attn --------------------------------------------------------------------------------------------
 
 
-def flash_attention(q, k, v, layout: TokenLayout, window_half: int, dropout_p: float = 0.0) -> torch.Tensor:
+class FlashInputs(NamedTuple):
+    cu_seqlens: torch.Tensor  # int32 (num_docs + 1,)
+    max_seqlen: int
+
+
+def _flash_window(window_half: int) -> tuple[int, int]:
+    return (window_half, window_half) if window_half >= 0 else (-1, -1)
+
+
+def _flash_varlen_call(q, k, v, cu_seqlens, max_seqlen: int, window_half: int, dropout_p: float):
     from flash_attn import flash_attn_varlen_func  # optional dependency, imported only when used
 
-    dtype = q.dtype
-    if dtype not in (torch.float16, torch.bfloat16):  # flash-attn computes in half precision only
-        q, k, v = (t.to(torch.bfloat16) for t in (q, k, v))
-    window = (window_half, window_half) if window_half >= 0 else (-1, -1)
-    out = flash_attn_varlen_func(
+    return flash_attn_varlen_func(
         q,
         k,
         v,
-        cu_seqlens_q=layout.cu_seqlens,
-        cu_seqlens_k=layout.cu_seqlens,
-        max_seqlen_q=layout.max_seqlen,
-        max_seqlen_k=layout.max_seqlen,
+        cu_seqlens_q=cu_seqlens,
+        cu_seqlens_k=cu_seqlens,
+        max_seqlen_q=max_seqlen,
+        max_seqlen_k=max_seqlen,
         dropout_p=dropout_p,
         causal=False,
-        window_size=window,
+        window_size=_flash_window(window_half),
     )
+
+
+def flash_registers_custom_op() -> bool:
+    """Recent flash-attn (>= 2.7) registers its varlen kernels as torch custom ops, so torch.compile traces its
+    ``flash_attn_varlen_func`` without a graph break; older versions need our wrapper."""
+    import flash_attn  # noqa: F401  (registers the ops on import)
+
+    try:
+        torch.ops.flash_attn._flash_attn_varlen_forward  # noqa: B018
+    except (AttributeError, RuntimeError):
+        return False
+    return True
+
+
+@torch.library.custom_op("mmbert::flash_varlen", mutates_args=())
+def _flash_varlen_op(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    max_seqlen: int,
+    window_half: int,
+    dropout_p: float,
+) -> torch.Tensor:
+    with torch.no_grad():
+        return _flash_varlen_call(q, k, v, cu_seqlens, max_seqlen, window_half, dropout_p)
+
+
+@_flash_varlen_op.register_fake
+def _(q, k, v, cu_seqlens, max_seqlen, window_half, dropout_p):
+    return torch.empty_like(q)
+
+
+@torch.library.custom_op("mmbert::flash_varlen_backward", mutates_args=())
+def _flash_varlen_backward_op(
+    grad: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    max_seqlen: int,
+    window_half: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    # Backward through flash-attn's own autograd function (one forward recomputation; no private API used).
+    with _autograd_inside_custom_op():
+        leaves = [t.detach().requires_grad_(True) for t in (q, k, v)]
+        out = _flash_varlen_call(*leaves, cu_seqlens, max_seqlen, window_half, 0.0)
+        dq, dk, dv = torch.autograd.grad(out, leaves, grad)
+    return dq, dk, dv
+
+
+@_flash_varlen_backward_op.register_fake
+def _(grad, q, k, v, cu_seqlens, max_seqlen, window_half):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _flash_setup_context(ctx, inputs, output):
+    q, k, v, cu_seqlens, max_seqlen, window_half, dropout_p = inputs
+    if dropout_p > 0.0:
+        raise NotImplementedError(
+            "attention_dropout > 0 with flash needs a flash-attn that registers its own custom op (>= 2.7)"
+        )
+    ctx.save_for_backward(q, k, v, cu_seqlens)
+    ctx.max_seqlen, ctx.window_half = max_seqlen, window_half
+
+
+def _flash_backward(ctx, grad):
+    q, k, v, cu_seqlens = ctx.saved_tensors
+    dq, dk, dv = _flash_varlen_backward_op(grad.contiguous(), q, k, v, cu_seqlens, ctx.max_seqlen, ctx.window_half)
+    return dq, dk, dv, None, None, None, None
+
+
+_flash_varlen_op.register_autograd(_flash_backward, setup_context=_flash_setup_context)
+
+
+_FLASH_FN = None  # flash-attn's own function (registers custom ops) or our custom-op wrapper; set by prepare
+
+
+def flash_prepare(layout: TokenLayout, window_half: int) -> FlashInputs:
+    global _FLASH_FN
+    if _FLASH_FN is None:
+        _FLASH_FN = _flash_varlen_call if flash_registers_custom_op() else _flash_varlen_op
+    return FlashInputs(layout.cu_seqlens, int(layout.max_seqlen))
+
+
+def flash_run(q, k, v, inputs: FlashInputs, window_half: int, dropout_p: float = 0.0) -> torch.Tensor:
+    dtype = q.dtype
+    if dtype not in (torch.float16, torch.bfloat16):  # flash-attn computes in half precision only
+        q, k, v = (t.to(torch.bfloat16) for t in (q, k, v))
+    out = _FLASH_FN(q, k, v, inputs.cu_seqlens, inputs.max_seqlen, window_half, dropout_p)
     return out.to(dtype)
 
 
-ATTENTION_FUNCTIONS = {
-    "flash": flash_attention,
-    "flex": flex_attention,
-    "sdpa": sdpa_attention,
-    "eager": eager_attention,
+# ---- registry ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AttentionBackend:
+    prepare: Any  # (layout, window_half) -> what `run` takes; host side, cached on the layout
+    run: Any  # (q, k, v, prepared, window_half, dropout_p) -> (num_tokens, heads, head_dim)
+
+    def __call__(self, q, k, v, layout: TokenLayout, window_half: int, dropout_p: float = 0.0):
+        return self.run(q, k, v, self.prepare(layout, window_half), window_half, dropout_p)
+
+
+ATTENTION_BACKENDS = {
+    "flash": AttentionBackend(flash_prepare, flash_run),
+    "flex": AttentionBackend(flex_prepare, flex_run),
+    "sdpa": AttentionBackend(sdpa_prepare, sdpa_run),
+    "eager": AttentionBackend(eager_prepare, eager_run),
 }
+# ``ATTENTION_FUNCTIONS[name](q, k, v, layout, window_half, dropout_p)``: prepare + run in one call.
+ATTENTION_FUNCTIONS = ATTENTION_BACKENDS
+flash_attention = ATTENTION_BACKENDS["flash"]
+flex_attention = ATTENTION_BACKENDS["flex"]
+sdpa_attention = ATTENTION_BACKENDS["sdpa"]
+eager_attention = ATTENTION_BACKENDS["eager"]

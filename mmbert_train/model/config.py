@@ -58,6 +58,9 @@ class ModelConfig:
     initializer_range: float = 0.02
     initializer_cutoff_factor: float = 2.0
     attn_backend: str = "auto"
+    # Training loss: labelled tokens per chunk of the chunked cross-entropy (mlm_loss.py). The logits it holds at
+    # a time: loss_chunk_size x vocab_size x 6 bytes under bf16 autocast (x 4 in fp32), whatever the masked count.
+    loss_chunk_size: int = 4096
 
     def __post_init__(self) -> None:
         problems = []
@@ -69,7 +72,7 @@ class ModelConfig:
             problems.append(f"head dim {self.hidden_size // self.num_attention_heads} must be even for RoPE")
         if self.attn_backend not in ATTN_BACKENDS:
             problems.append(f"attn_backend {self.attn_backend!r} is not one of {ATTN_BACKENDS}")
-        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers"):
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "loss_chunk_size"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.global_attn_every_n_layers < 1:
@@ -211,7 +214,7 @@ class ModelConfig:
         defaults = cls()
         values: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
-            if f.name in ("attn_backend", "attn_out_dropout"):
+            if f.name in ("attn_backend", "attn_out_dropout", "loss_chunk_size"):
                 continue
             if f.name in hf and hf[f.name] is not None:
                 values[f.name] = hf[f.name]

@@ -22,22 +22,30 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils import _pytree as pytree
 
-from .attention import ATTENTION_FUNCTIONS, resolve_backend
+from .attention import ATTENTION_BACKENDS, check_trainable, resolve_backend
 from .config import ModelConfig, output_projection_std
 from .layout import FlatBatch, TokenLayout, flatten_batch
+from .mlm_loss import linear_cross_entropy
 from .rope import apply_rotary, rotary_cos_sin
+
+IGNORE_INDEX = -100
 
 
 @dataclass
 class MaskedLMOutput:
     """``loss``: mean cross-entropy over labelled tokens (None without labels).
 
-    ``logits``: ``input_ids.shape + (vocab,)`` without labels; ``(n_labelled, vocab)`` with labels (sparse
-    prediction, labelled positions in row-major order, as transformers' ``sparse_prediction=True``).
+    ``logits``: ``input_ids.shape + (vocab,)`` without labels; with labels None by default (the chunked loss never
+    forms them), or with ``return_logits=True`` ``(n_labelled, vocab)`` (sparse prediction, labelled positions in
+    row-major order, as transformers' ``sparse_prediction=True``).
+    ``num_correct`` / ``num_labelled`` (with labels): int64 scalars, the labelled tokens whose top-1 prediction is
+    the target, and the labelled tokens — what the accuracy metric needs, counted in the loss's own chunk loop.
     """
 
     loss: torch.Tensor | None
-    logits: torch.Tensor
+    logits: torch.Tensor | None = None
+    num_correct: torch.Tensor | None = None
+    num_labelled: torch.Tensor | None = None
 
     def __getitem__(self, key: str):  # dict-style access, like transformers' ModelOutput
         return getattr(self, key)
@@ -78,13 +86,15 @@ class MMBertAttention(nn.Module):
         self.Wo = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
         self.out_drop = nn.Dropout(config.attn_out_dropout)
 
-    def forward(self, x: torch.Tensor, layout: TokenLayout, rope, backend: str) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope, attn_inputs, backend: str) -> torch.Tensor:
+        """``rope``: (cos, sin) tables; ``attn_inputs``: what the backend's ``prepare`` built for this layer's
+        window (host side, once per batch)."""
         num_tokens = x.shape[0]
         qkv = self.Wqkv(x).view(num_tokens, 3, self.num_heads, self.head_dim)
         cos, sin = (t.to(qkv.dtype) for t in rope)  # under autocast qkv is bf16 while the tables are fp32
         q, k = apply_rotary(qkv[:, :2], cos, sin).unbind(dim=1)  # one rotation for queries and keys together
         dropout_p = self.attention_dropout if self.training else 0.0
-        out = ATTENTION_FUNCTIONS[backend](q, k, qkv[:, 2], layout, self.window_half, dropout_p)
+        out = ATTENTION_BACKENDS[backend].run(q, k, qkv[:, 2], attn_inputs, self.window_half, dropout_p)
         return self.out_drop(self.Wo(out.reshape(num_tokens, -1)))
 
 
@@ -111,8 +121,8 @@ class MMBertEncoderLayer(nn.Module):
         self.mlp_norm = _layer_norm(config)
         self.mlp = MMBertMLP(config)
 
-    def forward(self, x: torch.Tensor, layout: TokenLayout, rope, backend: str) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), layout, rope, backend)
+    def forward(self, x: torch.Tensor, rope, attn_inputs, backend: str) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), rope, attn_inputs, backend)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -127,15 +137,31 @@ class MMBertModel(nn.Module):
         self.final_norm = _layer_norm(config)
 
     def forward(self, input_ids: torch.Tensor, layout: TokenLayout, backend: str) -> torch.Tensor:
-        x = self.embeddings(input_ids)
+        """Host-side work first, once per batch (RoPE tables, the attention backend's index tensors / masks per
+        window), then the layers' tensor work (the regions `compile_regions` compiles)."""
         c = self.config
+        dynamic = getattr(self, "regions_compiled", False) and not torch.compiler.is_compiling()
+        impl = ATTENTION_BACKENDS[backend]
+        attn_inputs = {w: impl.prepare(layout, w) for w in {layer.attn.window_half for layer in self.layers}}
+        x = self.embeddings(mark_dynamic(input_ids) if dynamic else input_ids)
         ropes = {}
         for theta in {c.global_rope_theta, c.local_rope_theta}:
             ropes[theta] = rotary_cos_sin(layout.position_ids, c.head_dim, theta, x.dtype)
+        if dynamic:
+            mark_dynamic((ropes, attn_inputs))
         for layer in self.layers:
             theta = c.global_rope_theta if layer.attn.is_global else c.local_rope_theta
-            x = layer(x, layout, ropes[theta], backend)
-        return self.final_norm(x)
+            x = layer(mark_dynamic(x) if dynamic else x, ropes[theta], attn_inputs[layer.attn.window_half], backend)
+        return self.final_norm(mark_dynamic(x) if dynamic else x)
+
+
+def mark_dynamic(tree):
+    """Mark dim 0 of every tensor in ``tree`` dynamic for torch.compile (the token, document, masked-token and
+    index counts change with every batch): no recompilation when they do. Sizes 0 and 1 stay specialised."""
+    for leaf in pytree.tree_leaves(tree):
+        if isinstance(leaf, torch.Tensor) and leaf.dim() > 0:
+            torch._dynamo.maybe_mark_dynamic(leaf, 0)
+    return tree
 
 
 class MMBertPredictionHead(nn.Module):
@@ -204,6 +230,17 @@ class MMBertForMaskedLM(nn.Module):
         """MLM head + tied decoder: ``(..., hidden) -> (..., vocab)``."""
         return F.linear(self.head(hidden), self.model.embeddings.tok_embeddings.weight, self.decoder.bias)
 
+    def masked_lm_loss(self, hidden, index, targets, compute_dtype: torch.dtype | None = None):
+        """``(loss_sum, num_correct)`` of the labelled tokens ``hidden[index]`` (head + chunked tied decoder)."""
+        return linear_cross_entropy(
+            self.head(hidden[index]),
+            self.model.embeddings.tok_embeddings.weight,
+            self.decoder.bias,
+            targets,
+            self.config.loss_chunk_size,
+            compute_dtype,
+        )
+
     def _check_ids(self, batch: FlatBatch) -> None:
         c = self.config
         if batch.layout.num_tokens == 0:
@@ -234,6 +271,8 @@ class MMBertForMaskedLM(nn.Module):
         batch = flatten_batch(input_ids, attention_mask, labels, doc_lens, cu_seqlens, max_seqlen)
         self._check_ids(batch)
         backend = resolve_backend(self.config.attn_backend, input_ids.device)
+        if torch.is_grad_enabled() and self.decoder.bias.requires_grad:
+            check_trainable(backend, input_ids.device)
         return self.model(batch.input_ids, batch.layout, backend), batch
 
     def forward(
@@ -245,6 +284,7 @@ class MMBertForMaskedLM(nn.Module):
         doc_lens: torch.Tensor | None = None,
         cu_seqlens: torch.Tensor | None = None,
         max_seqlen: int | None = None,
+        return_logits: bool = False,
     ) -> MaskedLMOutput:
         """Run the encoder on one of three batch forms (Contract 1 in docs/architecture.md).
 
@@ -255,8 +295,10 @@ class MMBertForMaskedLM(nn.Module):
 
         Positions restart at 0 in every document and no token attends across a document boundary. Without
         ``labels`` the logits cover every input position (zeros at padding). With ``labels`` (-100 = ignore), the
-        head runs only on labelled tokens: ``logits`` is ``(n_labelled, vocab)`` and ``loss`` their mean
-        cross-entropy (0, still attached to the graph, when nothing is labelled).
+        head runs only on labelled tokens and ``loss`` is their mean cross-entropy (0, still attached to the graph,
+        when nothing is labelled), with ``num_correct`` / ``num_labelled``; the loss is computed in chunks of
+        ``config.loss_chunk_size`` labelled tokens (`mlm_loss.linear_cross_entropy`) and ``logits`` is None, unless
+        ``return_logits=True``: then ``logits`` is ``(n_labelled, vocab)`` and the loss the plain cross-entropy.
         """
         hidden, batch = self.encode(
             input_ids,
@@ -267,14 +309,25 @@ class MMBertForMaskedLM(nn.Module):
             max_seqlen=max_seqlen,
         )
         if labels is not None:
-            selected = batch.labels != -100
-            logits = self.decode(hidden[selected])
-            targets = batch.labels[selected]
-            if targets.numel():
-                loss = F.cross_entropy(logits.float(), targets)
-            else:
-                loss = logits.sum() * 0.0
-            return MaskedLMOutput(loss=loss, logits=logits)
+            # Host side: which tokens are labelled (a data-dependent size, kept out of compiled code).
+            index = (batch.labels != IGNORE_INDEX).nonzero().flatten()
+            targets = batch.labels[index]
+            num_labelled = torch.tensor(index.numel(), device=hidden.device)
+            if return_logits:
+                logits = self.decode(hidden[index])
+                if targets.numel():
+                    loss = F.cross_entropy(logits.float(), targets)
+                else:
+                    loss = logits.sum() * 0.0
+                correct = (logits.argmax(dim=-1) == targets).sum()
+                return MaskedLMOutput(loss, logits, correct, num_labelled)
+            device_type = hidden.device.type
+            dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+            if getattr(self, "regions_compiled", False) and not torch.compiler.is_compiling():
+                mark_dynamic((index, targets))
+            loss_sum, correct = self.masked_lm_loss(hidden, index, targets, dtype)
+            loss = loss_sum / max(index.numel(), 1)
+            return MaskedLMOutput(loss, None, correct, num_labelled)
         if batch.scatter is None:
             return MaskedLMOutput(loss=None, logits=self.decode(hidden).view(*batch.grid_shape, -1))
         if not torch.is_grad_enabled() and not torch.is_autocast_enabled(hidden.device.type):

@@ -1,0 +1,53 @@
+"""Regional torch.compile: the repeated tensor work of the encoder, compiled in place, host-side work left eager.
+
+`compile_regions(model, **torch_compile_kwargs)` compiles
+
+- each encoder layer's ``forward`` (norms, Wqkv, RoPE, the attention call, Wo, GeGLU MLP): ONE compiled function
+  shared by all layers, so torch.compile builds one graph per kind of layer (global, local, and layer 0 whose
+  attention norm is the identity), not one per layer;
+- the embeddings (lookup + norm + dropout), the final norm, and the head + chunked loss
+  (`MMBertForMaskedLM.masked_lm_loss`).
+
+What stays outside, done once per batch in eager Python: flattening the batch into a `TokenLayout` (cu_seqlens,
+max_seqlen, document buckets, block-local indices, masks, FlexAttention's block mask), the id checks, the RoPE
+tables and the selection of the labelled tokens. Their tensors enter the compiled regions as inputs whose first
+dimension is marked dynamic (`modeling.mark_dynamic`), so batches with other token, document or masked-token
+counts reuse the same graphs instead of recompiling.
+
+Nothing is wrapped or replaced: each compiled function is bound as the module instance's ``forward``, so
+``state_dict()`` keys are unchanged (no ``_orig_mod.``), module hooks (FSDP2's all-gather / reshard, activation
+checkpointing wrappers) run eagerly around the compiled forward, and the module classes stay what they are.
+"""
+
+from __future__ import annotations
+
+import types
+from typing import Any
+
+import torch
+from torch import nn
+
+from .modeling import MMBertEmbeddings, MMBertEncoderLayer, MMBertForMaskedLM
+
+
+def _bind(module: nn.Module, name: str, compiled) -> None:
+    setattr(module, name, types.MethodType(compiled, module))
+
+
+def compile_regions(model: MMBertForMaskedLM, **torch_compile_kwargs: Any) -> MMBertForMaskedLM:
+    """Compile ``model``'s regions in place (see the module docstring); returns ``model``.
+
+    ``torch_compile_kwargs`` go to every ``torch.compile`` call (``backend``, ``mode``, ``options``, ...).
+    """
+    if not isinstance(model, MMBertForMaskedLM):
+        raise TypeError(f"compile_regions expects an MMBertForMaskedLM, got {type(model).__name__}")
+    kwargs = dict(torch_compile_kwargs)
+    layer_forward = torch.compile(MMBertEncoderLayer.forward, **kwargs)
+    for layer in model.model.layers:
+        _bind(layer, "forward", layer_forward)
+    _bind(model.model.embeddings, "forward", torch.compile(MMBertEmbeddings.forward, **kwargs))
+    _bind(model.model.final_norm, "forward", torch.compile(type(model.model.final_norm).forward, **kwargs))
+    _bind(model, "masked_lm_loss", torch.compile(MMBertForMaskedLM.masked_lm_loss, **kwargs))
+    model.regions_compiled = True
+    model.model.regions_compiled = True
+    return model
