@@ -387,6 +387,7 @@ def score_pieces(model: torch.nn.Module, pieces: Sequence[MaskedPiece], batch_to
             labels=labels.to(device),
             cu_seqlens=cu_seqlens.to(device),
             max_seqlen=int(lens.max()),
+            return_logits=True,
         )
         targets = labels[labels != IGNORE_INDEX].to(device)
         logits = out.logits.float()

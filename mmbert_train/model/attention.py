@@ -481,10 +481,15 @@ _flash_varlen_op.register_autograd(_flash_backward, setup_context=_flash_setup_c
 _FLASH_FN = None  # flash-attn's own function (registers custom ops) or our custom-op wrapper; set by prepare
 
 
-def flash_prepare(layout: TokenLayout, window_half: int) -> FlashInputs:
+def _flash_function():
     global _FLASH_FN
     if _FLASH_FN is None:
         _FLASH_FN = _flash_varlen_call if flash_registers_custom_op() else _flash_varlen_op
+    return _FLASH_FN
+
+
+def flash_prepare(layout: TokenLayout, window_half: int) -> FlashInputs:
+    _flash_function()  # resolved on the host, so that compiled code only reads it
     return FlashInputs(layout.cu_seqlens, int(layout.max_seqlen))
 
 
@@ -492,7 +497,8 @@ def flash_run(q, k, v, inputs: FlashInputs, window_half: int, dropout_p: float =
     dtype = q.dtype
     if dtype not in (torch.float16, torch.bfloat16):  # flash-attn computes in half precision only
         q, k, v = (t.to(torch.bfloat16) for t in (q, k, v))
-    out = _FLASH_FN(q, k, v, inputs.cu_seqlens, inputs.max_seqlen, window_half, dropout_p)
+    fn = _FLASH_FN if _FLASH_FN is not None else _flash_function()
+    out = fn(q, k, v, inputs.cu_seqlens, inputs.max_seqlen, window_half, dropout_p)
     return out.to(dtype)
 
 

@@ -38,7 +38,8 @@ def batch_token_counts(batch: Mapping[str, torch.Tensor]) -> dict[str, int]:
 
 
 class MLMAccuracy(Metric):
-    """Share of masked tokens whose top-1 prediction is the original token."""
+    """Share of masked tokens whose top-1 prediction is the original token, from the counts the model's loss
+    returns (``num_correct``, ``num_labelled``)."""
 
     full_state_update = False
 
@@ -47,16 +48,17 @@ class MLMAccuracy(Metric):
         self.add_state("correct", default=torch.tensor(0.0), dist_reduce_fx="sum")
         self.add_state("total", default=torch.tensor(0.0), dist_reduce_fx="sum")
 
-    def update(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
-        self.correct += (logits.argmax(dim=-1) == targets).sum().float()
-        self.total += targets.numel()
+    def update(self, num_correct: torch.Tensor, num_labelled: torch.Tensor) -> None:
+        self.correct += num_correct.detach().float().to(self.correct.device)
+        self.total += num_labelled.detach().float().to(self.total.device)
 
     def compute(self) -> torch.Tensor:
         return self.correct / self.total.clamp(min=1)
 
 
 class MLMCrossEntropy(Metric):
-    """Mean cross-entropy over masked tokens, summed over batches and ranks before dividing (token-weighted)."""
+    """Mean cross-entropy over masked tokens, summed over batches and ranks before dividing (token-weighted);
+    updated with a microbatch's mean loss and its number of labelled tokens."""
 
     full_state_update = False
 
@@ -65,11 +67,10 @@ class MLMCrossEntropy(Metric):
         self.add_state("loss_sum", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
 
-    def update(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
-        if targets.numel():
-            loss = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
-            self.loss_sum += loss.double()
-            self.total += targets.numel()
+    def update(self, loss: torch.Tensor, num_labelled: torch.Tensor) -> None:
+        n = num_labelled.detach().double().to(self.total.device)
+        self.loss_sum += loss.detach().double().to(self.loss_sum.device) * n
+        self.total += n
 
     def compute(self) -> torch.Tensor:
         return self.loss_sum / self.total.clamp(min=1)
@@ -127,9 +128,11 @@ class MMBertComposerModel(ComposerModel):
         return self.train_metrics if is_train else self.eval_metrics
 
     def update_metric(self, batch: Mapping[str, Any], outputs: Any, metric: Metric) -> None:
-        labels = batch["labels"]
-        targets = labels[labels != IGNORE_INDEX]  # row-major, the order of the sparse logits
-        metric.update(outputs.logits.detach(), targets)
+        # The model's chunked loss counts correct predictions in its own chunk loop; no logits are formed.
+        if isinstance(metric, MLMCrossEntropy):
+            metric.update(outputs.loss, outputs.num_labelled)
+        else:
+            metric.update(outputs.num_correct, outputs.num_labelled)
 
     def flops_per_batch(self, batch: Mapping[str, Any]) -> float:
         """Training FLOPs of one batch (forward x 3: the backward costs twice the forward)."""

@@ -24,7 +24,8 @@ from composer.loggers import WandBLogger
 from composer.utils import dist, reproducibility
 
 from mmbert_train.config import Recipe, model_overrides, parse_time, recipe_to_yaml
-from mmbert_train.model import MMBertForMaskedLM, ModelConfig
+from mmbert_train.model import MMBertForMaskedLM, ModelConfig, compile_regions
+from mmbert_train.model.attention import check_trainable, resolve_backend
 from mmbert_train.train.callbacks import (
     BatchMetricsLogger,
     HeldoutEval,
@@ -255,6 +256,12 @@ def build_trainer(
     precision = resolve_precision(recipe, device)
     world_size = dist.get_world_size()
     model, optim_state = build_model(recipe)
+    torch_device = torch.device("cuda" if device == "gpu" else device)
+    check_trainable(resolve_backend(model.config.attn_backend, torch_device), torch_device)
+    if recipe.trainer.compile:
+        # Regional compile (layers, embeddings, head + loss), not Composer's whole-model compile; done before
+        # Composer applies FSDP, whose hooks then run eagerly around the compiled forwards (docs/model.md).
+        compile_regions(model)
     composer_model = MMBertComposerModel(model)
     optimizer = build_optimizer(composer_model, recipe.optimizer, on_cuda=device == "gpu")
     train_data = train_dataloader if train_dataloader is not None else build_train_data(recipe, model.config)
@@ -290,7 +297,6 @@ def build_trainer(
         # token-weighted loss over microbatches and ranks (see composer_model.py)
         accumulate_train_batch_on_tokens=True,
         parallelism_config=parallelism_config(recipe, device, world_size),
-        compile_config={} if trainer_cfg.compile else None,
         seed=trainer_cfg.seed,
         run_name=trainer_cfg.run_name or recipe.name,
         save_folder=trainer_cfg.save_folder,
