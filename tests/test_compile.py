@@ -1,0 +1,105 @@
+"""Regional compilation: compiled training equals eager, without recompiling on new batch shapes, without graph
+breaks, with one graph per kind of layer, and with the state-dict keys untouched."""
+
+from __future__ import annotations
+
+import copy
+import types
+
+import pytest
+import torch
+import torch._dynamo
+from test_model import randomize_
+from torch._dynamo.testing import CompileCounterWithBackend
+from torch._dynamo.utils import counters
+
+from mmbert_train.model import MMBertForMaskedLM, ModelConfig, compile_regions
+from mmbert_train.train.testing import packed_batches
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def tiny_model(**overrides) -> MMBertForMaskedLM:
+    # 7 layers: global 0, 3, 6 and local 1, 2, 4, 5 (window 16: every batch below has block-local layers)
+    config = ModelConfig.preset("tiny", num_hidden_layers=7, attn_backend="sdpa", loss_chunk_size=64, **overrides)
+    torch.manual_seed(0)
+    model = MMBertForMaskedLM(config).train()
+    randomize_(model, 0)
+    return model
+
+
+def step(model, batch):
+    model.zero_grad(set_to_none=True)
+    out = model(batch["input_ids"], batch["attention_mask"], batch["labels"], doc_lens=batch["doc_lens"])
+    out.loss.backward()
+    return out, {name: p.grad.detach().clone() for name, p in model.named_parameters()}
+
+
+def test_compile_regions_binds_compiled_forwards_in_place():
+    model = tiny_model()
+    keys = list(model.state_dict())
+    classes = [type(m) for m in model.modules()]
+    assert compile_regions(model) is model
+    assert list(model.state_dict()) == keys and not any("_orig_mod" in k for k in keys)
+    assert [type(m) for m in model.modules()] == classes  # nothing wrapped or replaced
+    layer_forwards = {layer.forward.__func__ for layer in model.model.layers}
+    assert len(layer_forwards) == 1  # one compiled function for every layer
+    assert isinstance(model.model.embeddings.forward, types.MethodType)
+    assert isinstance(model.masked_lm_loss, types.MethodType)
+    fresh = tiny_model()
+    fresh.load_state_dict(model.state_dict())  # loads both ways, strict
+    model.load_state_dict(fresh.state_dict())
+    with pytest.raises(TypeError, match="expects an MMBertForMaskedLM"):
+        compile_regions(model.model)
+
+
+@pytest.mark.slow
+def test_compiled_training_equals_eager_with_no_recompiles_and_no_graph_breaks():
+    """Inductor on CPU. 3 warm-up steps, then 12 steps on packed batches with 1-8 documents per row and other
+    token / labelled counts each time: no new graph, no graph break, losses and gradients equal to eager."""
+    torch._dynamo.reset()
+    counters.clear()
+    eager = tiny_model()
+    compiled = copy.deepcopy(eager)
+    backend = CompileCounterWithBackend("inductor")
+    compile_regions(compiled, backend=backend)
+    batches = packed_batches(15, 4, 96, 512, seed=3, max_docs=8)
+    assert len({int(b["attention_mask"].sum()) for b in batches}) == 15  # token counts all differ
+    assert len({int((b["doc_lens"] > 0).sum()) for b in batches}) > 5  # and so do document counts
+    frames_after_warmup = None
+    for i, batch in enumerate(batches):
+        out, grads = step(compiled, batch)
+        ref, ref_grads = step(eager, batch)
+        assert out.logits is None and int(out.num_correct) == int(ref.num_correct)
+        assert abs(out.loss.item() - ref.loss.item()) <= 1e-5 * ref.loss.item(), i
+        for name, grad in ref_grads.items():
+            assert (grads[name] - grad).abs().max().item() <= 1e-5 * max(grad.abs().max().item(), 1e-3), (i, name)
+        if i == 2:
+            frames_after_warmup = backend.frame_count
+    assert backend.frame_count == frames_after_warmup  # zero new compilations over the 12 steps
+    assert dict(counters["graph_break"]) == {}
+    # embeddings, final norm, head + loss, and the layers as 3 graphs (layer 0 without attention norm, global,
+    # local) for 7 layers, never one per layer
+    assert frames_after_warmup == 6
+    assert list(compiled.state_dict()) == list(eager.state_dict())
+
+
+def test_trainer_compile_uses_compile_regions_and_flex_fails_before_training(tmp_path, monkeypatch):
+    from test_train import make_recipe
+
+    from mmbert_train.model import attention
+    from mmbert_train.train.testing import fixed_data_spec
+    from mmbert_train.train.trainer import build_trainer
+
+    data = fixed_data_spec(packed_batches(1, 8, 64, 512, seed=1))
+    recipe = make_recipe(tmp_path, overrides=["trainer.compile=true"])
+    trainer = build_trainer(recipe, train_dataloader=data, loggers=[])
+    model = trainer.state.model.model
+    assert model.regions_compiled and isinstance(model.model.layers[0].forward, types.MethodType)
+    assert not any("_orig_mod" in k for k in trainer.state.model.state_dict())
+    assert not trainer.state.is_model_ddp and trainer.state.model.model is model  # not wrapped by Composer
+
+    monkeypatch.setattr(attention, "flex_backward_supported", lambda device_type: False)
+    recipe = make_recipe(tmp_path, overrides=["model.attn_backend=flex"])
+    with pytest.raises(RuntimeError, match="model.attn_backend='flex' cannot train on cpu"):
+        build_trainer(recipe, train_dataloader=data, loggers=[])
