@@ -9,6 +9,12 @@ CPU (always):
     vs transformers sdpa and transformers sdpa with ``sparse_prediction=True``, on (a) uniform-length batches and
     (b) variable-length batches (lengths uniform in 64..512), 30% of the tokens masked;
   - a model of local layers only: forward time at length L and 4L (local attention should cost ~linearly).
+  - ``--compile``: training tokens/s of ours compiled with `compile_regions` (inductor) vs ours eager on packed
+    batches (8 x 512, 1-15 documents per row, 30% masked, a new document layout every batch), interleaved after
+    warm-up; also compile time, graphs and recompilations.
+  - ``--head-memory``: one training step (forward + backward) at vocab 256,000, each contender in a fresh
+    subprocess: peak RSS above the memory before the step, and the step time, for our chunked loss, our plain
+    path (``return_logits=True``) and transformers' sparse head.
 GPU (when CUDA is available; ``--gpu`` to force, ``--no-gpu`` to skip):
   - mmBERT-base bf16 training throughput and MFU (model FLOPs of the real tokens / peak) at sequence length 1024
     and 8192 for our ``flex`` and ``sdpa`` backends vs transformers' ModernBERT (sdpa, sparse prediction).
@@ -16,6 +22,7 @@ GPU (when CUDA is available; ``--gpu`` to force, ``--no-gpu`` to skip):
 
     python bench/model_throughput.py                 # CPU part (+ GPU part if CUDA)
     python bench/model_throughput.py --quick         # fewer repetitions
+    python bench/model_throughput.py --no-cpu --no-gpu --compile --head-memory
 """
 
 from __future__ import annotations
@@ -224,6 +231,171 @@ def local_scaling(args) -> dict:
     }
 
 
+# ---- regional compilation (CPU) ---------------------------------------------------------------------------------
+
+
+def compile_benchmark(args) -> dict:
+    """Compiled (`compile_regions`, inductor) vs eager training steps of the same model on packed batches."""
+    import copy
+
+    from torch._dynamo.testing import CompileCounterWithBackend
+    from torch._dynamo.utils import counters
+
+    from mmbert_train.model import compile_regions
+    from mmbert_train.train.testing import packed_batches
+
+    config = ModelConfig(
+        vocab_size=32000,
+        hidden_size=256,
+        intermediate_size=384,
+        num_hidden_layers=6,
+        num_attention_heads=4,
+        max_position_embeddings=1024,
+        attn_backend="sdpa",
+    )
+    torch.manual_seed(0)
+    eager = MMBertForMaskedLM(config)
+    compiled = copy.deepcopy(eager)
+    backend = CompileCounterWithBackend("inductor")
+    compile_regions(compiled, backend=backend)
+    warmup = packed_batches(3, args.batch, 512, config.vocab_size, seed=7, max_docs=15)
+    timed = packed_batches(args.compile_batches, args.batch, 512, config.vocab_size, seed=8, max_docs=15)
+    models = {"compiled": compiled, "eager": eager}
+    optimizers = {name: torch.optim.AdamW(m.parameters(), lr=1e-5) for name, m in models.items()}
+
+    def step(name, batch):
+        model, opt = models[name], optimizers[name]
+        opt.zero_grad(set_to_none=True)
+        out = model(batch["input_ids"], batch["attention_mask"], batch["labels"], doc_lens=batch["doc_lens"])
+        out.loss.backward()
+        opt.step()
+
+    start = time.perf_counter()
+    for batch in warmup:
+        step("compiled", batch)
+    compile_seconds = time.perf_counter() - start
+    frames = backend.frame_count
+    for batch in warmup:
+        step("eager", batch)
+    fns = {name: (lambda name: lambda batch: step(name, batch))(name) for name in models}
+    seconds = interleaved(models, fns, timed, args.repeats, "cpu", warmup=0, best=args.best)
+    tokens = statistics.mean(int(b["attention_mask"].sum()) for b in timed)
+    tps = {name: round(tokens / s, 1) for name, s in seconds.items()}
+    return {
+        "config": "6 layers x 256, vocab 32,000, sdpa, fp32",
+        "batches": f"{args.batch} x 512 packed, 1-15 documents per row, 30% masked",
+        "real_tokens_per_batch": tokens,
+        "train_tokens_per_s": tps,
+        "ratio_compiled_over_eager": round(tps["compiled"] / tps["eager"], 3),
+        "compile_and_warmup_seconds": round(compile_seconds, 1),
+        "graphs": frames,
+        "recompilations_after_warmup": backend.frame_count - frames,
+        "graph_breaks": sum(counters["graph_break"].values()),
+        "target": ">= 1.2 (never < 1.0)",
+    }
+
+
+# ---- head memory at a 256k vocabulary (CPU) -----------------------------------------------------------------
+
+HEAD_VARIANTS = ("ours_chunked", "ours_plain", "hf_sparse")
+
+
+def _rss_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def head_memory_worker(variant: str, args) -> dict:
+    """One contender in this (fresh) process: peak RSS of a training step above the RSS before it."""
+    from transformers import ModernBertConfig, ModernBertForMaskedLM
+
+    config = ModelConfig(
+        vocab_size=256000,
+        hidden_size=256,
+        intermediate_size=384,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=1024,
+        attn_backend="sdpa",
+        loss_chunk_size=args.head_chunk,
+    )
+    torch.manual_seed(0)
+    if variant == "hf_sparse":
+        hf = ModernBertConfig(**{**config.to_hf_dict(), "sparse_prediction": True})
+        model = ModernBertForMaskedLM._from_config(hf, attn_implementation="sdpa")
+    else:
+        model = MMBertForMaskedLM(config)
+    model.train()
+    batch = make_batch([args.head_length] * args.head_rows, config.vocab_size, 0.3, seed=0)
+
+    def step():
+        model.zero_grad(set_to_none=False)  # gradients stay allocated: part of the model's own memory
+        if variant == "hf_sparse":
+            out = model(**batch)
+        else:
+            out = model(**batch, return_logits=variant == "ours_plain")
+        out.loss.backward()
+
+    step()  # allocates the gradients
+    times, extra = [], []
+    for _ in range(args.head_repeats):
+        before = _rss_kib("VmRSS")
+        Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+        extra.append((_rss_kib("VmHWM") - before) / 1024)
+    return {
+        "variant": variant,
+        "labelled_tokens": int((batch["labels"] != -100).sum()),
+        "extra_peak_mib": round(min(extra), 1),
+        "step_seconds": round(statistics.median(times), 3),
+        "rss_before_mib": round(before / 1024, 1),
+    }
+
+
+def head_memory_benchmark(args) -> dict:
+    import subprocess
+
+    rows = {}
+    for variant in HEAD_VARIANTS:
+        cmd = [
+            sys.executable,
+            __file__,
+            "--head-memory-worker",
+            variant,
+            "--head-chunk",
+            str(args.head_chunk),
+            "--head-rows",
+            str(args.head_rows),
+            "--head-length",
+            str(args.head_length),
+            "--head-repeats",
+            str(args.head_repeats),
+        ]
+        if args.threads:
+            cmd += ["--threads", str(args.threads)]
+        done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+        rows[variant] = json.loads(done.stdout)
+    ours = rows["ours_chunked"]
+    return {
+        "config": "2 layers x 256, vocab 256,000, fp32, forward + backward (gradients preallocated)",
+        "batch": f"{args.head_rows} x {args.head_length}, 30% masked; loss_chunk_size {args.head_chunk}",
+        "rows": rows,
+        "extra_memory_ratio": {
+            f"ours_chunked/{b}": round(ours["extra_peak_mib"] / rows[b]["extra_peak_mib"], 3)
+            for b in ("ours_plain", "hf_sparse")
+        },
+        "time_ratio": {
+            f"ours_chunked/{b}": round(ours["step_seconds"] / rows[b]["step_seconds"], 3)
+            for b in ("ours_plain", "hf_sparse")
+        },
+        "target": "extra memory <= 0.3x, time <= 1.0x",
+    }
+
+
 # ---- GPU --------------------------------------------------------------------------------------------------------
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0}
@@ -331,7 +503,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpu-rows-8192", type=int, default=4)
     parser.add_argument("--gpu-batches", type=int, default=2)
     parser.add_argument("--peak-tflops", type=float, default=None, help="bf16 dense peak of the GPU")
+    parser.add_argument("--compile", action="store_true", help="compiled (compile_regions) vs eager training")
+    parser.add_argument(
+        "--compile-batches", type=int, default=4, help="distinct packed batches per timed group"
+    )
+    parser.add_argument("--head-memory", action="store_true", help="256k-vocabulary head: memory and time")
+    parser.add_argument("--head-chunk", type=int, default=128, help="loss_chunk_size for --head-memory")
+    parser.add_argument("--head-rows", type=int, default=2)
+    parser.add_argument("--head-length", type=int, default=1024)
+    parser.add_argument("--head-repeats", type=int, default=3)
+    parser.add_argument("--head-memory-worker", choices=HEAD_VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.head_memory_worker:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        print(json.dumps(head_memory_worker(args.head_memory_worker, args)))
+        return 0
     if args.quick:
         args.repeats, args.batches, args.batch = 2, 1, 4
     if args.threads:
@@ -352,6 +539,10 @@ def main(argv: list[str] | None = None) -> int:
     out["transformers"] = transformers.__version__
     if args.cpu:
         out["cpu"] = cpu_benchmark(args)
+    if args.compile:
+        out["compile"] = compile_benchmark(args)
+    if args.head_memory:
+        out["head_memory"] = head_memory_benchmark(args)
     use_gpu = torch.cuda.is_available() if args.gpu is None else args.gpu
     if use_gpu:
         out["gpu"] = gpu_benchmark(args)
