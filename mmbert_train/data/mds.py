@@ -23,13 +23,19 @@ class MDSError(ValueError):
 
 
 def _shard_bytes(folder: Path, shard: dict) -> bytes:
+    """The shard's raw bytes: the raw file when it is there (the published shards were decompressed after writing
+    while their index still names the zip), else the decompressed zip."""
+    raw = folder / shard["raw_data"]["basename"]
     zip_data = shard.get("zip_data")
-    if zip_data:
+    if zip_data and not raw.is_file():
         from streaming.base.compression import decompress
 
         path = folder / zip_data["basename"]
         return decompress(shard["compression"], path.read_bytes())
-    return (folder / shard["raw_data"]["basename"]).read_bytes()
+    try:
+        return raw.read_bytes()
+    except FileNotFoundError:
+        raise MDSError(f"{folder / 'index.json'}: shard {raw.name} is missing") from None
 
 
 def _as_ids(value, encoding: str, where: str) -> np.ndarray:

@@ -12,6 +12,12 @@ folders ``root/<source>/<language>/`` it lists. Token shares of the phase:
   by temperature sampling over available tokens (``p_i ∝ n_i^tau``); ids served by a fixed source that names its
   ``languages`` (``eng``, ``code``) are left out of that split.
 
+* each **published** source (``kind: published``) reads a downloaded tree of pre-tokenized MDS datasets as the
+  mmBERT authors published them (``path``; one stream per leaf dataset, sampled in proportion to its tokens,
+  `mmbert_train.data.published`). It gets ``share`` of the phase's tokens; without a share it takes what the
+  other sources leave (the whole phase when it is alone). A recipe whose sources are all published needs no
+  ``languages``, ``tau`` or manifest.
+
 `mmbert_train.data.sampling.build_phase_plan` turns this section plus the manifest into streams.
 """
 
@@ -23,19 +29,41 @@ from typing import Literal
 
 @dataclass
 class SourceConfig:
-    """One source folder under the data root (``root/<name>/<language>/``)."""
+    """One source folder under the data root (``root/<name>/<language>/``), or a published tree (``path``)."""
 
     name: str
-    kind: Literal["multilingual", "fixed"] = "multilingual"
-    # fixed sources: share of the phase's TOKENS (not samples), in (0, 1)
+    kind: Literal["multilingual", "fixed", "published"] = "multilingual"
+    # fixed sources: share of the phase's TOKENS (not samples), in (0, 1); published: in (0, 1] or None (the rest)
     share: float | None = None
     # language folders of this source to read (``rus`` selects a ``rus_Cyrl`` folder); None = all folders the
     # manifest lists for it. A fixed source that names its languages (["eng"] for DCLM, ["code"] for StarCoder)
     # serves them alone: they stay out of the tau split. A fixed source without a list (MegaWika) reads all its
     # folders of the phase's languages, adds its share on top of the tau split and takes no language out of it.
     languages: list[str] | None = None
+    # published sources: the downloaded folder (e.g. the `train/` of jhu-clsp/mmBERT-decay-data) and globs over
+    # its dataset paths relative to it (`textbooks/*`); None = every leaf dataset
+    path: str | None = None
+    include: list[str] | None = None
+    exclude: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        if self.kind == "published":
+            if not self.path:
+                raise ValueError(
+                    f"source {self.name!r}: a published source needs a path (the downloaded folder)"
+                )
+            if self.share is not None and not 0.0 < self.share <= 1.0:
+                raise ValueError(
+                    f"source {self.name!r}: a published share must be in (0, 1], got {self.share}"
+                )
+            if self.languages is not None:
+                raise ValueError(
+                    f"source {self.name!r}: a published source takes no languages (its mixture is the data); "
+                    "select datasets with include / exclude"
+                )
+            return
+        if self.path is not None or self.include is not None or self.exclude:
+            raise ValueError(f"source {self.name!r}: path / include / exclude are for kind: published")
         if self.kind == "fixed" and (self.share is None or not 0.0 < self.share < 1.0):
             raise ValueError(
                 f"source {self.name!r}: a fixed source needs a share in (0, 1), got {self.share}"
@@ -75,18 +103,23 @@ class EvalDataConfig:
     batch_size: int = 16
 
 
-@dataclass
+@dataclass(kw_only=True)
 class DataConfig:
     """Everything the phase dataloader needs to know."""
 
     root: str  # local MDS root holding manifest.json
-    languages: list[str] | str  # the phase's language set: a list of ids or a file with one id per line
-    tau: float  # sampling temperature in (0, 1]
+    # the phase's language set (a list of ids or a file with one id per line) and the sampling temperature in
+    # (0, 1]: needed by multilingual sources, unused when every source is published
+    languages: list[str] | str | None = None
+    tau: float | None = None
     sources: list[SourceConfig]
     max_seq_len: int  # packed row length (the phase's sequence length)
     mask_ratio: float  # MLM mask ratio at the start of the phase
     mask_ratio_end: float | None = None  # linear schedule to this ratio at phase end; None = constant
     remote: str | None = None  # optional remote root (s3://, gs://, ...); `root` is then the local cache
+    # where published sources get their normalized index.json files and token counts (never inside a download);
+    # None = $MMBERT_CACHE, else ~/.cache/mmbert_train
+    cache: str | None = None
     batch_warmup: BatchWarmupConfig = field(default_factory=BatchWarmupConfig)
     shuffle: bool = True
     shuffle_seed: int = 21
@@ -94,7 +127,7 @@ class DataConfig:
     eval: EvalDataConfig = field(default_factory=EvalDataConfig)
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.tau <= 1.0:
+        if self.tau is not None and not 0.0 < self.tau <= 1.0:
             raise ValueError(f"data.tau must be in (0, 1], got {self.tau}")
         for name in ("mask_ratio", "mask_ratio_end"):
             value = getattr(self, name)
