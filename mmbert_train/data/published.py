@@ -119,7 +119,7 @@ def _rel(root: Path, folder: Path) -> str:
     return rel or "."
 
 
-def _matches(path: str, globs: Iterable[str]) -> bool:
+def matches_glob(path: str, globs: Iterable[str]) -> bool:
     """A glob matches a dataset path, or a folder when it matches the folder or everything in it."""
     return any(fnmatch.fnmatchcase(path, g) or fnmatch.fnmatchcase(path + "/", g) for g in globs)
 
@@ -199,7 +199,7 @@ def select_leaves(
 ) -> list[LeafDataset]:
     """The leaves matching ``include`` (None = all) and no ``exclude`` glob (globs over paths relative to the
     root). A data-less folder that is not excluded is an error naming it."""
-    empty = [e for e in tree.empty if not _matches(e, exclude)]
+    empty = [e for e in tree.empty if not matches_glob(e, exclude)]
     if empty:
         shown = ", ".join(repr(e) for e in empty[:10])
         raise PublishedDataError(
@@ -209,7 +209,7 @@ def select_leaves(
     chosen = [
         leaf
         for leaf in tree.leaves
-        if (include is None or _matches(leaf.path, include)) and not _matches(leaf.path, exclude)
+        if (include is None or matches_glob(leaf.path, include)) and not matches_glob(leaf.path, exclude)
     ]
     if not chosen:
         raise PublishedDataError(
