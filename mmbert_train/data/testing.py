@@ -45,9 +45,10 @@ def write_leaf(
     size_limit: int | None = 1 << 14,
     dtype: str = "uint32",
     stats: bool = True,
+    id_range: tuple[int, int] | None = None,
 ) -> int:
-    """One leaf dataset of samples with these ``lengths`` (bos 2 first, eos 1 last, ids in [5, vocab)); returns
-    its tokens."""
+    """One leaf dataset of samples with these ``lengths`` (bos 2 first, eos 1 last, the other ids drawn from
+    ``id_range``, default [5, vocab)); returns its tokens."""
     from streaming import MDSWriter
 
     rng = np.random.default_rng(seed)
@@ -55,8 +56,9 @@ def write_leaf(
     tokens = 0
     columns = dict(COLUMNS, input_ids=f"ndarray:{dtype}")
     with MDSWriter(out=str(folder), columns=columns, compression="zstd", size_limit=size_limit) as writer:
+        low, high = id_range or (5, vocab_size)
         for i, n in enumerate(lengths):
-            ids = rng.integers(5, vocab_size, size=n).astype(dtype)
+            ids = rng.integers(low, high, size=n).astype(dtype)
             ids[0] = 2
             if n > 1:
                 ids[-1] = 1
@@ -99,10 +101,14 @@ def write_published_tree(
     empty_sources: Sequence[str] = ("starcoder-sample",),
     size_limit: int | None = 1 << 14,
     merged: bool = True,
+    id_ranges: Mapping[str, tuple[int, int]] | None = None,
+    without_stats: Sequence[str] = (),
 ) -> dict[str, int]:
     """Write ``root`` (the ``train/`` folder of a download) and return leaf path (relative to it) -> tokens.
 
     ``sources``: source name -> one list of sample lengths per chunk folder (``chunk0``, ``chunk1``, ...).
+    ``id_ranges``: source -> the range its ids are drawn from (to tell sources apart in batches);
+    ``without_stats``: sources whose leaves get no stats.json (their tokens must be counted).
     """
     root = Path(root)
     tokens: dict[str, int] = {}
@@ -118,6 +124,8 @@ def write_published_tree(
                 seed=seed * 1000 + s_number * 100 + c_number,
                 name=f"{source}-{c_number}",
                 size_limit=size_limit,
+                stats=source not in without_stats,
+                id_range=(id_ranges or {}).get(source),
             )
             tokens[leaf.relative_to(root).as_posix()] = n
             leaves.append(leaf)
