@@ -74,10 +74,11 @@ def write_synthetic(root: Path, tokens: int, mean_len: int, max_len: int, seed: 
 
 
 def data_config(root: Path, args):
+    from mmbert_train.data.manifest import load_manifest
     from mmbert_train.data.spec import DataConfig, SourceConfig
 
-    manifest = json.loads((root / "manifest.json").read_text())
-    sources = [SourceConfig(name=name) for name in manifest["sources"]]
+    manifest = load_manifest(root)
+    sources = {name: SourceConfig() for name in manifest["sources"]}
     languages = sorted({folder.split("_")[0] for src in manifest["sources"].values() for folder in src})
     return DataConfig(
         root=str(root), languages=languages, tau=0.7, sources=sources, max_seq_len=args.max_seq_len,
@@ -157,7 +158,7 @@ def scale_one(args) -> dict:
 
     tmp = Path(tempfile.mkdtemp(prefix="loader_scale_"))
     try:
-        cfg = DataConfig(root=str(tmp), sources=[], max_seq_len=args.max_seq_len, mask_ratio=0.3,
+        cfg = DataConfig(root=str(tmp), sources={"unused": SourceConfig()}, max_seq_len=args.max_seq_len, mask_ratio=0.3,
                          num_workers=args.num_workers, cache=str(tmp / "cache"))  # fmt: skip
         plan_s = 0.0
         if args.published_leaves:
@@ -179,7 +180,7 @@ def scale_one(args) -> dict:
                 ]
                 made += k
             write_published_tree(tmp / "train", sources, size_limit=None, empty_sources=())
-            cfg.sources = [SourceConfig(name="pub", kind="published", path=str(tmp / "train"))]
+            cfg.sources = {"pub": SourceConfig(name="pub", kind="published", path=str(tmp / "train"))}
             start = time.perf_counter()
             plan = build_phase_plan(cfg)
             plan_s = time.perf_counter() - start

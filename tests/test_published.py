@@ -51,8 +51,8 @@ def tree(tmp_path_factory):
 def published_cfg(path, cache, **kw):
     from mmbert_train.data.spec import DataConfig, SourceConfig
 
-    source = SourceConfig(name="decay", kind="published", path=str(path), exclude=[EMPTY])
-    kw = dict(root=str(cache), sources=[source], max_seq_len=128, mask_ratio=0.3, num_workers=0, cache=str(cache),
+    source = SourceConfig(kind="published", path=str(path), exclude=[EMPTY])
+    kw = dict(root=str(cache), sources={"decay": source}, max_seq_len=128, mask_ratio=0.3, num_workers=0, cache=str(cache),
               shuffle_seed=5) | kw  # fmt: skip
     return DataConfig(**kw)
 
@@ -201,7 +201,7 @@ def test_plan_cli_prints_one_row_per_dataset(tree, tmp_path, capsys):
         data:
           root: {tmp_path}
           cache: {tmp_path / "cache"}
-          sources: [{{name: decay, kind: published, path: {root}, exclude: [{EMPTY}]}}]
+          sources: {{decay: {{kind: published, path: {root}, exclude: [{EMPTY}]}}}}
           max_seq_len: 128
           mask_ratio: 0.05
         trainer: {{max_duration: 10000tok, global_batch_size: 4, autoresume: false}}
@@ -229,13 +229,13 @@ def test_config_says_inherited_languages_are_unused(tree, tmp_path, capsys):
         name: own
         phase: decay
         model: {preset: tiny}
-        data: {root: mds, languages: [eng, fra], tau: 0.3, sources: [{name: web}], max_seq_len: 64,
+        data: {root: mds, languages: [eng, fra], tau: 0.3, sources: {web: {}}, max_seq_len: 64,
                mask_ratio: 0.05}
         trainer: {max_duration: 10ba, global_batch_size: 4, autoresume: false}
     """)
     )
     (tmp_path / "pub.yaml").write_text(
-        f"extends: base.yaml\ndata:\n  sources: [{{name: d, kind: published, path: {root}}}]\n"
+        f"extends: base.yaml\ndata:\n  sources:\n    web: null\n    d: {{kind: published, path: {root}}}\n"
     )
     assert main([str(tmp_path / "pub.yaml")]) == 0
     err = capsys.readouterr().err
@@ -250,11 +250,11 @@ def test_published_share_errors_name_the_sources(tree, tmp_path):
 
     root, _ = tree
     cfg = published_cfg(root, tmp_path)
-    cfg.sources = [SourceConfig(name="a", kind="published", path=str(root), share=0.3, exclude=[EMPTY])]
+    cfg.sources = {"a": SourceConfig(name="a", kind="published", path=str(root), share=0.3, exclude=[EMPTY])}
     with pytest.raises(DataValidationError, match="add up to 0.3"):
         build_phase_plan(cfg)
-    cfg.sources.append(SourceConfig(name="web", kind="multilingual"))
-    cfg.sources[0] = SourceConfig(name="a", kind="published", path=str(root), exclude=[EMPTY])
+    cfg.sources["web"] = SourceConfig(name="web", kind="multilingual")
+    cfg.sources["a"] = SourceConfig(name="a", kind="published", path=str(root), exclude=[EMPTY])
     with pytest.raises(DataValidationError, match="'a' needs a share next to the multilingual"):
         build_phase_plan(cfg)
     with pytest.raises(ValueError, match="needs a path"):
@@ -376,8 +376,8 @@ def test_loader_delivers_the_planned_shares_alone_and_mixed(tree, tmp_path):
     cfg = published_cfg(
         root, tmp_path / "c2", root=str(own), languages=["fra", "deu"], tau=0.5, max_seq_len=256
     )
-    cfg.sources = [SourceConfig(name="web"), SourceConfig(name="decay", kind="published", path=str(root),
-                                                          share=0.4, exclude=[EMPTY])]  # fmt: skip
+    cfg.sources = {"web": SourceConfig(name="web"), "decay": SourceConfig(name="decay", kind="published",
+                   path=str(root), share=0.4, exclude=[EMPTY])}  # fmt: skip
     plan = build_phase_plan(cfg)
     assert sum(e.token_share for e in plan.entries if e.kind == "published") == pytest.approx(0.4)
     assert plan.language_shares["fra"] + plan.language_shares["deu"] == pytest.approx(0.6)
@@ -444,7 +444,7 @@ def test_training_and_resume_leave_the_download_byte_identical(tree, tmp_path):
         data:
           root: {tmp_path}
           cache: {tmp_path / "cache"}
-          sources: [{{name: decay, kind: published, path: {root}, exclude: [{EMPTY}]}}]
+          sources: {{decay: {{kind: published, path: {root}, exclude: [{EMPTY}]}}}}
           max_seq_len: 64
           mask_ratio: 0.05
           num_workers: 0

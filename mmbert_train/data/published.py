@@ -378,7 +378,7 @@ def plan_source(
 def unused_settings(data_cfg) -> list[str]:
     """Keys of a ``data:`` section that no source reads: ``languages`` / ``tau`` / ``eval`` languages when every
     source is published (e.g. inherited from a recipe that had per-language data)."""
-    if not data_cfg.sources or any(s.kind != "published" for s in data_cfg.sources):
+    if not data_cfg.sources or any(s.kind != "published" for s in data_cfg.sources.values()):
         return []
     unused = [k for k in ("languages", "tau") if getattr(data_cfg, k) is not None]
     if data_cfg.eval.languages is not None or data_cfg.eval.groups:

@@ -12,26 +12,58 @@ folders ``root/<source>/<language>/`` it lists. Token shares of the phase:
   by temperature sampling over available tokens (``p_i ∝ n_i^tau``); ids served by a fixed source that names its
   ``languages`` (``eng``, ``code``) are left out of that split.
 
-* each **published** source (``kind: published``) reads a downloaded tree of pre-tokenized MDS datasets as the
-  mmBERT authors published them (``path``; one stream per leaf dataset, sampled in proportion to its tokens,
-  `mmbert_train.data.published`). It gets ``share`` of the phase's tokens; without a share it takes what the
-  other sources leave (the whole phase when it is alone). A recipe whose sources are all published needs no
-  ``languages``, ``tau`` or manifest.
-
 `mmbert_train.data.sampling.build_phase_plan` turns this section plus the manifest into streams.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
 
+class DataValidationError(ValueError):
+    """A recipe's data section is wrong or does not fit the data on disk; the message names the item."""
+
+
+def check_tau(tau: float, where: str = "tau") -> float:
+    """Return ``tau`` as a float if it is a number in (0, 1], else raise :class:`DataValidationError` naming
+    ``where``. The one home of the rule: the recipe schema (``data.tau``), the sampling formula and the planner's
+    ``--tau`` all call it."""
+    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not 0.0 < tau <= 1.0 or math.isnan(tau):
+        raise DataValidationError(f"{where} must be in (0, 1], got {tau!r}")
+    return float(tau)
+
+
+def _named_sources(sources: Mapping[str, SourceConfig | None]) -> dict[str, SourceConfig]:
+    """``data.sources`` without the removed (null) entries, each source's ``name`` set from its key."""
+    if not isinstance(sources, Mapping):
+        raise ValueError(
+            "data.sources must be a mapping of source name -> {kind, share, languages} "
+            f"(e.g. {{fineweb2: {{kind: multilingual}}}}), got {type(sources).__name__}"
+        )
+    named: dict[str, SourceConfig] = {}
+    for key, source in sources.items():
+        if source is None:  # removed by a recipe that extends the one listing it
+            continue
+        if source.name and source.name != key:
+            raise ValueError(f"data.sources.{key}: its name is {source.name!r}; the key is the name")
+        source.name = key
+        named[key] = source
+    if not named:
+        raise ValueError("data.sources: no source left (every entry is null)")
+    return named
+
+
 @dataclass
 class SourceConfig:
-    """One source folder under the data root (``root/<name>/<language>/``), or a published tree (``path``)."""
+    """One source folder under the data root (``root/<name>/<language>/``).
 
-    name: str
+    In a recipe a source is an entry of the ``data.sources`` mapping; its key is the ``name`` (filled in by
+    :class:`DataConfig`), so the YAML entry holds only ``kind``, ``share`` and ``languages``."""
+
+    name: str = ""  # the folder name under the data root = the key under data.sources
     kind: Literal["multilingual", "fixed", "published"] = "multilingual"
     # fixed sources: share of the phase's TOKENS (not samples), in (0, 1); published: in (0, 1] or None (the rest)
     share: float | None = None
@@ -40,38 +72,33 @@ class SourceConfig:
     # serves them alone: they stay out of the tau split. A fixed source without a list (MegaWika) reads all its
     # folders of the phase's languages, adds its share on top of the tau split and takes no language out of it.
     languages: list[str] | None = None
-    # published sources: the downloaded folder (e.g. the `train/` of jhu-clsp/mmBERT-decay-data) and globs over
-    # its dataset paths relative to it (`textbooks/*`); None = every leaf dataset
+    # published sources (a downloaded tree read as published, `mmbert_train.data.published`): the folder (e.g. the
+    # `train/` of jhu-clsp/mmBERT-decay-data) and globs over its dataset paths (`textbooks/*`); None = every dataset
     path: str | None = None
     include: list[str] | None = None
     exclude: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        # the one check of a source's share; from a recipe the error is prefixed with data.sources.<name>
+        who = f"source {self.name!r}: " if self.name else ""
         if self.kind == "published":
             if not self.path:
-                raise ValueError(
-                    f"source {self.name!r}: a published source needs a path (the downloaded folder)"
-                )
+                raise ValueError(f"{who}a published source needs a path (the downloaded folder)")
             if self.share is not None and not 0.0 < self.share <= 1.0:
-                raise ValueError(
-                    f"source {self.name!r}: a published share must be in (0, 1], got {self.share}"
-                )
+                raise ValueError(f"{who}a published share must be in (0, 1], got {self.share}")
             if self.languages is not None:
                 raise ValueError(
-                    f"source {self.name!r}: a published source takes no languages (its mixture is the data); "
-                    "select datasets with include / exclude"
+                    f"{who}a published source takes no languages (its mixture is the data); select datasets "
+                    "with include / exclude"
                 )
             return
         if self.path is not None or self.include is not None or self.exclude:
-            raise ValueError(f"source {self.name!r}: path / include / exclude are for kind: published")
+            raise ValueError(f"{who}path / include / exclude are for kind: published")
         if self.kind == "fixed" and (self.share is None or not 0.0 < self.share < 1.0):
-            raise ValueError(
-                f"source {self.name!r}: a fixed source needs a share in (0, 1), got {self.share}"
-            )
+            raise ValueError(f"{who}a fixed source needs a share in (0, 1), got {self.share}")
         if self.kind == "multilingual" and self.share is not None:
             raise ValueError(
-                f"source {self.name!r}: a multilingual source takes no share (it splits what the fixed "
-                "sources leave, by tau)"
+                f"{who}a multilingual source takes no share (it splits what the fixed sources leave, by tau)"
             )
 
 
@@ -112,7 +139,9 @@ class DataConfig:
     # (0, 1]: needed by multilingual sources, unused when every source is published
     languages: list[str] | str | None = None
     tau: float | None = None
-    sources: list[SourceConfig]
+    # source name -> source, in reading order. A mapping so that a recipe extending another overrides one
+    # entry key by key (``megawika: {share: 0.05}``); ``name: null`` removes a source the parent lists.
+    sources: dict[str, SourceConfig | None]
     max_seq_len: int  # packed row length (the phase's sequence length)
     mask_ratio: float  # MLM mask ratio at the start of the phase
     mask_ratio_end: float | None = None  # linear schedule to this ratio at phase end; None = constant
@@ -127,8 +156,9 @@ class DataConfig:
     eval: EvalDataConfig = field(default_factory=EvalDataConfig)
 
     def __post_init__(self) -> None:
-        if self.tau is not None and not 0.0 < self.tau <= 1.0:
-            raise ValueError(f"data.tau must be in (0, 1], got {self.tau}")
+        if self.tau is not None:
+            check_tau(self.tau, "data.tau")
+        self.sources = _named_sources(self.sources)
         for name in ("mask_ratio", "mask_ratio_end"):
             value = getattr(self, name)
             if value is not None and not 0.0 < value < 1.0:
