@@ -9,6 +9,7 @@ from data_prep.stats import StatsError
 from data_prep.tokenize import PrepError
 from data_prep.tokenizer import TokenizerError
 from data_prep.udhr import UdhrError
+from mmbert_train.locks import LockHeldError
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
     LanguageNameError,
@@ -19,4 +20,5 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     StatsError,
     UdhrError,
     FileExistsError,
+    LockHeldError,
 )
