@@ -257,6 +257,11 @@ def tokenize_part(
     Writes under ``.NNNNN.tmp`` first; the finished folder is renamed to ``part_dir`` with ``part.json`` inside.
     """
     bos, eos = _WORKER["bos"], _WORKER["eos"]
+    queue = _WORKER.get("queue")
+    if (
+        queue is not None
+    ):  # first, so that a worker killed at any point afterwards can be named with its input
+        queue.put(("start", os.getpid(), part.describe()))
     final = Path(part_dir)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -267,9 +272,6 @@ def tokenize_part(
     counts = result.counts
     candidate: tuple[float, list[np.ndarray]] | None = None
     where = part.describe()
-    queue = _WORKER.get("queue")
-    if queue is not None:
-        queue.put(("start", os.getpid(), where))
     if part.path is not None:
         from data_prep.readers import file_warnings
 
@@ -300,7 +302,7 @@ def tokenize_part(
             nonlocal candidate, heldout
             batch_tokens = 0
             if len(batch) == 1 and len(batch[0][0]) > PIECE_CHARS:  # a long document: window by window
-                ids, unmatched = encode_in_pieces(_WORKER["tokenizer"], batch[0][0])
+                ids, unmatched = encode_in_pieces(_WORKER["tokenizer"], batch[0][0], PIECE_CHARS)
                 result.long_documents += 1
                 result.unmatched_joins += unmatched
                 encoded = [ids]
@@ -343,7 +345,11 @@ def tokenize_part(
                 batch, batch_chars = [], 0
             batch.append((text, u))
             batch_chars += len(text)
-            if len(batch) >= ENCODE_BATCH_DOCS or batch_chars >= ENCODE_BATCH_CHARS:
+            if (
+                len(batch) >= ENCODE_BATCH_DOCS
+                or batch_chars >= ENCODE_BATCH_CHARS
+                or len(text) > PIECE_CHARS
+            ):
                 flush(batch)
                 batch, batch_chars = [], 0
         if batch:
