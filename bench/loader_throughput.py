@@ -95,7 +95,7 @@ def time_raw(root: Path, args) -> tuple[float, int]:
 
 
 def time_loader(root: Path, args) -> tuple[float, int, float]:
-    from mmbert_train.data.loader import build_train_dataloader
+    from mmbert_train.train.dataloader import build_train_dataloader
 
     spec = build_train_dataloader(
         data_config(root, args), global_batch_size=args.batch_size, vocab_size=VOCAB,

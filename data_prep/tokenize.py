@@ -46,8 +46,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep.manifest import COUNT_KEYS, MANIFEST_NAME, empty_counts, make_manifest
 from mmbert_train.atomic import atomic_write_json
+from mmbert_train.data.manifest import COUNT_KEYS, MANIFEST_NAME, empty_counts, make_manifest
 from mmbert_train.locks import LOCK_NAME, exclusive_lock
 
 MDS_COLUMNS = {"input_ids": "ndarray:uint32"}
@@ -506,7 +506,7 @@ def plan_raw(raw_dir: str | Path) -> list[GroupPlan]:
 
 
 def plan_hf(spec: HFSpec, source: str, language: str, text_field: str = "text") -> list[GroupPlan]:
-    from data_prep.languages import check_language
+    from mmbert_train.data.languages import check_language
 
     check_language(language, "--language")
     n = hf_num_shards(spec, text_field)

@@ -98,6 +98,7 @@ def atomic_output_dir(out: Path, *, overwrite: bool = False) -> Iterator[Path]:
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically: a temporary file in the same folder, fsync, ``os.replace``."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     clean_leftovers(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
     try:

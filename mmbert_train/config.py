@@ -1,4 +1,4 @@
-"""Training recipes: the dataclass tree, `load_recipe` (inheritance + overrides + validation) and `mmbert config`.
+"""Training recipes: the dataclass tree and `load_recipe` (inheritance + overrides + validation).
 
 A recipe is one YAML file per phase (``recipes/base_pretrain.yaml``, ...). It names what it ``extends:`` and holds
 only what differs; ``key=value`` arguments override any value (``trainer.max_duration=20ba``). Loading runs two
@@ -18,11 +18,9 @@ the repository root for the shipped recipes (``composer train.py recipes/base_de
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import difflib
 import re
-import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +44,6 @@ __all__ = [
     "WandbConfig",
     "check_recipe",
     "load_recipe",
-    "main",
     "parse_time",
     "recipe_to_yaml",
 ]
@@ -259,6 +256,22 @@ class Recipe:
         """The architecture of the model section (with ``init_from`` the checkpoint must agree with it)."""
         return resolve_model_config(self.model)
 
+    def phase_tokens(self) -> int | None:
+        """The phase's length in tokens, from ``trainer.max_duration``: exact in ``tok``; in ``ba`` and ``sp`` the
+        upper bound of full rows (``batches x global_batch_size x max_seq_len``, ``samples x max_seq_len``: packed
+        rows are nearly full, and batch-size warmup makes early batches smaller); None in ``ep`` or ``dur``.
+
+        The one place a duration becomes tokens: the loader (mask-ratio schedule, Streaming's epoch size) and the
+        planner (tokens per language) both use it."""
+        value, unit = parse_time(self.trainer.max_duration, "trainer.max_duration")
+        if unit == "tok":
+            return int(value)
+        if unit == "ba":
+            return int(value * self.trainer.global_batch_size * self.data.max_seq_len)
+        if unit == "sp":
+            return int(value * self.data.max_seq_len)
+        return None
+
 
 # ------------------------------------------------------------------------------------------------------- time
 
@@ -380,24 +393,3 @@ def recipe_to_yaml(recipe: Recipe) -> str:
     # the model section with every field filled in (preset values + overrides), not just what the YAML set
     resolved["model"] = {"preset": recipe.model.preset, **recipe.model_config.to_dict()}
     return OmegaConf.to_yaml(OmegaConf.create(resolved), sort_keys=False)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="mmbert config",
-        description="Print a recipe fully resolved (extends + overrides) and validated, as YAML.",
-    )
-    parser.add_argument("recipe", help="recipe YAML, e.g. recipes/base_pretrain.yaml")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. trainer.max_duration=10ba")
-    args = parser.parse_args(argv)
-    try:
-        recipe = load_recipe(args.recipe, args.overrides)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    sys.stdout.write(recipe_to_yaml(recipe))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -7,7 +7,8 @@ import textwrap
 import pytest
 import yaml
 
-from mmbert_train.config import ConfigError, load_recipe, main, parse_time
+from mmbert_train.commands.config import main
+from mmbert_train.config import ConfigError, load_recipe, parse_time
 
 MINIMAL = textwrap.dedent(
     """

@@ -20,12 +20,13 @@ import pytest
 
 from data_prep import pieces
 from data_prep.cli import main as prep_main
-from data_prep.manifest import load_manifest
 from data_prep.readers import RawInputError, read_documents
-from data_prep.stats import iter_input_ids, rebuild_manifest
+from data_prep.stats import rebuild_manifest
 from data_prep.testing import make_raw_corpus, make_tokenizer, write_jsonl
 from data_prep.tokenize import PrepError, plan_raw, run_tokenize
 from data_prep.tokenizer import load_tokenizer, tokenizer_fingerprint
+from mmbert_train.data.manifest import load_manifest
+from mmbert_train.data.mds import iter_input_ids
 from mmbert_train.locks import LOCK_NAME, LockHeldError, exclusive_lock
 from mmbert_train.processes import pid_alive
 

@@ -119,7 +119,7 @@ def token_to_sample_proportions(
 def load_manifest(path: str | os.PathLike) -> dict:
     """Read ``manifest.json`` (``path`` is the file or the MDS root holding it), checked by data_prep's reader
     (Contract 2); its errors come back as :class:`DataValidationError`."""
-    from data_prep.manifest import load_manifest as read_checked
+    from mmbert_train.data.manifest import load_manifest as read_checked
 
     try:
         return read_checked(path)

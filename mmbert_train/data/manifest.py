@@ -7,8 +7,9 @@ Schema (Contract 2 in docs/architecture.md)::
      "sources": {source: {language: {"documents": int, "samples": int, "tokens": int,
                                      "skipped": int, "heldout_documents": int}}}}
 
-``tokenizer_fingerprint`` identifies the tokenizer the ids were made with (see
-``data_prep.tokenizer.tokenizer_fingerprint``); manifests of foreign data may lack it.
+``tokenizer_fingerprint`` identifies the tokenizer the ids were made with (written by ``mmbert prep tokenize``:
+the sha256 of its canonical ``tokenizer.json``, its vocabulary size and special ids); manifests of foreign data
+may lack it.
 
 ``documents`` counts every valid document, held-out ones included; ``samples`` and ``tokens`` count the training
 dataset only (bos/eos included), ``heldout_documents`` the documents written to ``<language>/heldout/``;
@@ -22,7 +23,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from data_prep.languages import LanguageNameError, check_language
+from mmbert_train.data.languages import LanguageNameError, check_language
 
 MANIFEST_NAME = "manifest.json"
 COUNT_KEYS = ("documents", "samples", "tokens", "skipped", "heldout_documents")
