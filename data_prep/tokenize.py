@@ -256,22 +256,20 @@ def tokenize_part(
 
     Writes under ``.NNNNN.tmp`` first; the finished folder is renamed to ``part_dir`` with ``part.json`` inside.
     """
+    from data_prep.pieces import PIECE_CHARS, encode_in_pieces
+
     bos, eos = _WORKER["bos"], _WORKER["eos"]
+    where = part.describe()
     queue = _WORKER.get("queue")
-    if (
-        queue is not None
-    ):  # first, so that a worker killed at any point afterwards can be named with its input
-        queue.put(("start", os.getpid(), part.describe()))
+    if queue is not None:  # first thing: a worker killed from here on can be named with its input
+        queue.put(("start", os.getpid(), where))
     final = Path(part_dir)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    from data_prep.pieces import PIECE_CHARS, encode_in_pieces
-
     result = PartResult(group, index)
     counts = result.counts
     candidate: tuple[float, list[np.ndarray]] | None = None
-    where = part.describe()
     if part.path is not None:
         from data_prep.readers import file_warnings
 
@@ -345,11 +343,8 @@ def tokenize_part(
                 batch, batch_chars = [], 0
             batch.append((text, u))
             batch_chars += len(text)
-            if (
-                len(batch) >= ENCODE_BATCH_DOCS
-                or batch_chars >= ENCODE_BATCH_CHARS
-                or len(text) > PIECE_CHARS
-            ):
+            full = len(batch) >= ENCODE_BATCH_DOCS or batch_chars >= ENCODE_BATCH_CHARS
+            if full or len(text) > PIECE_CHARS:
                 flush(batch)
                 batch, batch_chars = [], 0
         if batch:
@@ -357,8 +352,6 @@ def tokenize_part(
         if heldout is not None:
             heldout.finish()
     report(0, 0, force=True)
-    if queue is not None:
-        queue.put(("end", os.getpid(), where))
     if candidate is not None:
         result.candidate_u = candidate[0]
         np.save(tmp / "candidate.npy", np.concatenate(candidate[1]))
@@ -366,6 +359,8 @@ def tokenize_part(
     atomic_write_json(tmp / "part.json", asdict(result))
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
+    if queue is not None:
+        queue.put(("end", os.getpid(), where))
     return result
 
 
