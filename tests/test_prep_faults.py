@@ -215,6 +215,20 @@ def test_text_field_matching_nothing_is_an_error_not_an_empty_group(tmp_path, to
         list(read_documents(raw / "web" / "eng" / "a.jsonl", "nope"))
 
 
+def test_streamed_dataset_whose_rows_lack_the_text_field_is_an_error(monkeypatch):
+    from data_prep import tokenize as tokmod
+
+    # a streamed dataset that does not announce its columns: the rows themselves are checked
+    monkeypatch.setattr(tokmod, "_load_hf", lambda spec: [{"body": "a", "id": 1}, {"body": "b", "id": 2}])
+    part = tokmod.PartInput(hf=tokmod.HFSpec("org/data", "cfg", "train"))
+    with pytest.raises(PrepError) as info:
+        list(tokmod._read_hf(part, "text"))
+    assert str(info.value) == (
+        "org/data[cfg:train] shard 0/1: none of its 2 rows has the text field 'text' (the first one has 'body', "
+        "'id'); set --text-field"
+    )
+
+
 def test_group_without_any_document_warns(tmp_path, tokenizer_dir, capsys):
     raw = tmp_path / "raw"
     write_jsonl(raw / "web" / "eng" / "a.jsonl", [{"text": ""}, {"text": "   "}])
