@@ -21,6 +21,10 @@ How a phase's TOKENS are shared (mmBERT, arXiv 2509.06888, "temperature sampling
 
    tau = 1 is the natural distribution; smaller tau is flatter (tau -> 0 is uniform).
 3. A language (or fixed source) read from several folders splits its share among them by their tokens.
+4. A **published** source (a downloaded tree read as published, :mod:`mmbert_train.data.published`) takes its
+   ``share`` P_s off the top (M becomes ``1 - sum f_s - sum P_s``), or without a share what the other sources
+   leave; its leaf datasets split it by their tokens, ``P_s * n_d / sum_e n_e``: the published mixture, as
+   published. Their entries come after the others, in dataset-path order.
 
 Streaming's ``Stream(proportion=...)`` is a share of SAMPLES, not tokens. Stream s with token share t_s and
 k_s = tokens_s / samples_s tokens per sample (from the manifest) gets the sample proportion
