@@ -28,6 +28,7 @@ GPU (when CUDA is available; ``--gpu`` to force, ``--no-gpu`` to skip):
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import statistics
@@ -277,7 +278,7 @@ def compile_benchmark(args) -> dict:
     frames = backend.frame_count
     for batch in warmup:
         step("eager", batch)
-    fns = {name: (lambda name: lambda batch: step(name, batch))(name) for name in models}
+    fns = {name: functools.partial(step, name) for name in models}
     seconds = interleaved(models, fns, timed, args.repeats, "cpu", warmup=0, best=args.best)
     tokens = statistics.mean(int(b["attention_mask"].sum()) for b in timed)
     tps = {name: round(tokens / s, 1) for name, s in seconds.items()}

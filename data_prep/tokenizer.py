@@ -20,6 +20,7 @@ language that has at least that much text.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from collections import defaultdict
@@ -53,6 +54,24 @@ def load_tokenizer(name_or_path: str):
     return tokenizer
 
 
+def tokenizer_fingerprint(tokenizer) -> dict:
+    """What identifies a tokenizer's ids: ``{"sha256", "vocab_size", "special_ids"}``.
+
+    ``sha256`` hashes the backend tokenizer exactly as tokenization uses it (its ``tokenizer.json``: vocabulary,
+    merges, normalizer, pre-tokenizer, added tokens), serialised with sorted keys so the hash does not depend
+    on how the file was formatted; the tokenizer's other files (config, special-tokens map) only name special
+    tokens, which ``special_ids`` records. A tokenizer replaced at the same path or Hub id gets another
+    fingerprint; the same tokenizer loaded from another copy gets the same one.
+    """
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    canonical = json.dumps(spec, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return {
+        "sha256": hashlib.sha256(canonical.encode("utf-8")).hexdigest(),
+        "vocab_size": len(tokenizer),
+        "special_ids": {role: getattr(tokenizer, f"{role}_token_id", None) for role in SPECIAL_IDS},
+    }
+
+
 def check_special_ids(tokenizer, name: str) -> None:
     """Raise :class:`TokenizerError` unless pad/eos/bos/unk/mask have ids 0/1/2/3/4."""
     wrong = []
@@ -69,9 +88,9 @@ def check_special_ids(tokenizer, name: str) -> None:
 
 def _language_texts(raw_dir: Path, text_field: str, chars_per_language: int | None, max_chars: int):
     """Yield training texts, at most ``chars_per_language`` characters per language; record counts in ``used``."""
-    from data_prep.languages import base_language
     from data_prep.layout import discover_groups
     from data_prep.readers import read_documents
+    from mmbert_train.data.languages import base_language
 
     groups = discover_groups(raw_dir)
     by_language = defaultdict(list)

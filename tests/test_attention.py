@@ -88,7 +88,8 @@ def test_sdpa_keeps_only_q_k_v_for_backward(window_half):
     saved = saved_float_bytes(lambda: attn.sdpa_attention(q, k, v, layout, window_half))
     assert saved == 3 * one
     plan = attn.sdpa_prepare(layout, window_half)
-    kept = saved_float_bytes(lambda: attn._gathered_sdpa(q, k, v, *plan, 0.0))  # plain autograd: keeps gathers
+    # the same attention through plain autograd keeps the gathered copies
+    kept = saved_float_bytes(lambda: attn._gathered_sdpa(q, k, v, *plan, 0.0))
     assert kept >= (7 if window_half >= 0 else 4) * one
 
 
@@ -97,7 +98,9 @@ def test_flex_training_on_cpu_without_backward_fails_early_with_our_message(monk
     config = ModelConfig.preset("tiny", attn_backend="flex")
     model = MMBertForMaskedLM(config)
     ids, mask = padded_batch(config.vocab_size, [20, 9], 0)
-    with pytest.raises(RuntimeError, match=r"model.attn_backend='flex' cannot train on cpu.*Use attn_backend: sdpa"):
+    with pytest.raises(
+        RuntimeError, match=r"model.attn_backend='flex' cannot train on cpu.*Use attn_backend: sdpa"
+    ):
         model(ids, mask, torch.where(mask.bool(), ids, -100))
     with torch.no_grad():  # inference stays possible
         assert model(ids, mask).logits.shape == (2, 20, config.vocab_size)

@@ -21,7 +21,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def tiny_model(**overrides) -> MMBertForMaskedLM:
     # 7 layers: global 0, 3, 6 and local 1, 2, 4, 5 (window 16: every batch below has block-local layers)
-    config = ModelConfig.preset("tiny", num_hidden_layers=7, attn_backend="sdpa", loss_chunk_size=64, **overrides)
+    config = ModelConfig.preset(
+        "tiny", num_hidden_layers=7, attn_backend="sdpa", loss_chunk_size=64, **overrides
+    )
     torch.manual_seed(0)
     model = MMBertForMaskedLM(config).train()
     randomize_(model, 0)
@@ -73,7 +75,8 @@ def test_compiled_training_equals_eager_with_no_recompiles_and_no_graph_breaks()
         assert out.logits is None and int(out.num_correct) == int(ref.num_correct)
         assert abs(out.loss.item() - ref.loss.item()) <= 1e-5 * ref.loss.item(), i
         for name, grad in ref_grads.items():
-            assert (grads[name] - grad).abs().max().item() <= 1e-5 * max(grad.abs().max().item(), 1e-3), (i, name)
+            scale = max(grad.abs().max().item(), 1e-3)
+            assert (grads[name] - grad).abs().max().item() <= 1e-5 * scale, (i, name)
         if i == 2:
             frames_after_warmup = backend.frame_count
     assert backend.frame_count == frames_after_warmup  # zero new compilations over the 12 steps

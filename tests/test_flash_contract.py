@@ -43,13 +43,23 @@ def flash_attn_varlen_func(
     limit: query i attends key j iff i - left <= j <= i + right (and j <= i when causal)."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         assert t.dim() == 3, f"{name} must be (total, nheads, headdim), got {tuple(t.shape)}"
-        assert t.dtype in (torch.float16, torch.bfloat16), f"{name}: flash-attn supports fp16/bf16, got {t.dtype}"
+        assert t.dtype in (torch.float16, torch.bfloat16), (
+            f"{name}: flash-attn supports fp16/bf16, got {t.dtype}"
+        )
         assert t.stride(-1) == 1, f"{name} must be contiguous in the last dimension"
     assert q.dtype == k.dtype == v.dtype
-    for name, cu, total in (("cu_seqlens_q", cu_seqlens_q, q.shape[0]), ("cu_seqlens_k", cu_seqlens_k, k.shape[0])):
-        assert isinstance(cu, torch.Tensor) and cu.dtype == torch.int32 and cu.dim() == 1, f"{name}: int32 (b+1,)"
+    for name, cu, total in (
+        ("cu_seqlens_q", cu_seqlens_q, q.shape[0]),
+        ("cu_seqlens_k", cu_seqlens_k, k.shape[0]),
+    ):
+        assert isinstance(cu, torch.Tensor) and cu.dtype == torch.int32 and cu.dim() == 1, (
+            f"{name}: int32 (b+1,)"
+        )
         assert int(cu[0]) == 0 and int(cu[-1]) == total, f"{name} must run from 0 to {total}"
-    for name, value, cu in (("max_seqlen_q", max_seqlen_q, cu_seqlens_q), ("max_seqlen_k", max_seqlen_k, cu_seqlens_k)):
+    for name, value, cu in (
+        ("max_seqlen_q", max_seqlen_q, cu_seqlens_q),
+        ("max_seqlen_k", max_seqlen_k, cu_seqlens_k),
+    ):
         assert type(value) is int, f"{name} must be a Python int, got {type(value).__name__}"
         assert value >= int((cu[1:] - cu[:-1]).max()), f"{name} {value} is below the longest sequence"
     assert isinstance(window_size, tuple) and len(window_size) == 2
@@ -93,7 +103,8 @@ def test_flash_backend_calls_flash_attn_as_documented(stand_in, window_half):
     layout = TokenLayout.from_seqlens(torch.tensor(seqlens))
     out = attn.flash_attention(q, k, v, layout, window_half)
     assert attn.flash_registers_custom_op() is False and attn._FLASH_FN is attn._flash_varlen_op
-    assert out.dtype == torch.float32 and out.shape == q.shape  # computed in bf16, returned in the input dtype
+    # computed in bf16, returned in the input dtype
+    assert out.dtype == torch.float32 and out.shape == q.shape
     leaves = [t.detach().double().requires_grad_(True) for t in (q, k, v)]
     expected = brute_force(*leaves, seqlens, window_half)
     assert (out.double() - expected).abs().max().item() < 3e-2

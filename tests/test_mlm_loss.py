@@ -32,7 +32,10 @@ def loss_and_grads(model, ids, mask, labels, **kwargs):
 def assert_close_relative(got: torch.Tensor, expected: torch.Tensor, rel: float, what: str):
     """``|got - expected| <= rel |expected|`` in the 2-norm (element-wise maxima are at fp32's ulp noise here)."""
     error = (got.double() - expected.double()).norm().item()
-    assert error <= rel * max(expected.double().norm().item(), 1e-30), (what, error / expected.double().norm().item())
+    assert error <= rel * max(expected.double().norm().item(), 1e-30), (
+        what,
+        error / expected.double().norm().item(),
+    )
 
 
 @pytest.mark.parametrize(
@@ -89,7 +92,8 @@ def test_empty_selection_gives_zero_loss_and_zero_gradients_like_the_plain_path(
     assert chunked.loss.item() == plain.loss.item() == 0.0
     assert int(chunked.num_correct) == int(chunked.num_labelled) == 0
     for name, grad in plain_grads.items():
-        assert torch.equal(chunked_grads[name], torch.zeros_like(grad)) and torch.equal(grad, chunked_grads[name])
+        assert torch.equal(chunked_grads[name], torch.zeros_like(grad)), name
+        assert torch.equal(grad, chunked_grads[name]), name
 
 
 def test_bf16_autocast_within_bf16_tolerance():

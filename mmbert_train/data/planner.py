@@ -1,4 +1,4 @@
-"""``mmbert plan``: what a phase will read, before anyone spends GPU hours.
+"""The sampling-plan tables behind ``mmbert plan``: what a phase will read, before anyone spends GPU hours.
 
 For each language of the phase (and each fixed-share source) the planner prints the tokens available, the share
 of the phase's tokens it gets, the tokens that makes in the phase and the expected number of epochs over its data,
@@ -32,24 +32,12 @@ with sampled counts their share defaults to their fraction of the column's total
 
 from __future__ import annotations
 
-import argparse
-import csv
 import math
-import os
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from mmbert_train.data.languages import LanguageSetError, read_counts_csv, read_language_file
-from mmbert_train.data.sampling import (
-    SERVED_BY_FIXED,
-    DataValidationError,
-    PhasePlan,
-    build_phase_plan,
-    check_tau,
-    temperature_proportions,
-)
+from mmbert_train.data.sampling import SERVED_BY_FIXED, PhasePlan, temperature_proportions
+from mmbert_train.data.spec import DataValidationError, check_tau
 
 MAX_EPOCHS = 5.0  # the paper's guideline: no language repeated more than about 5 epochs
 CSV_COLUMNS = ("phase", "item", "kind", "tau", "tokens_available", "share", "tokens_in_phase", "epochs")
@@ -57,7 +45,8 @@ CSV_COLUMNS = ("phase", "item", "kind", "tau", "tokens_available", "share", "tok
 
 @dataclass
 class PlanRow:
-    """One language of the tau split (``kind="language"``) or one fixed-share source/id (``kind="fixed"``)."""
+    """One language of the tau split (``kind="language"``), one fixed-share source/id (``kind="fixed"``) or one
+    dataset of a published source (``kind="published"``, item = its path relative to the source's folder)."""
 
     item: str
     kind: str
@@ -75,7 +64,7 @@ class PlanRow:
 @dataclass
 class PhaseTable:
     name: str
-    tau: float
+    tau: float | None  # None: every source is published (no tau split)
     phase_tokens: float
     rows: list[PlanRow]
     ignored: dict[str, float] = field(default_factory=dict)  # languages with data that the set leaves out
@@ -100,7 +89,13 @@ def table_from_plan(name: str, plan: PhasePlan, phase_tokens: float) -> PhaseTab
         for source, share in plan.fixed_shares.items()
     ]
     rows.sort(key=lambda r: (-r.share, r.item))
-    notes = []
+    # published datasets after the rest, in the plan's (source, path) order
+    rows += [
+        PlanRow(e.folder, "published", e.tokens, e.token_share, e.token_share * phase_tokens)
+        for e in plan.entries
+        if e.kind == "published"
+    ]
+    notes = list(plan.notes)
     served = sorted({f"{s.source}/{s.folder}" for s in plan.skipped if s.reason == SERVED_BY_FIXED})
     if served:
         notes.append(f"left to the fixed sources (not in the tau split): {', '.join(served)}")
@@ -253,10 +248,20 @@ def human(n: float | None) -> str:
 def format_table(table: PhaseTable, *, max_epochs: float = MAX_EPOCHS, top: int | None = None) -> str:
     n_lang = sum(r.kind == "language" for r in table.rows)
     lang_share = math.fsum(r.share for r in table.rows if r.kind == "language")
-    n_fixed = len(table.rows) - n_lang
+    n_pub = sum(r.kind == "published" for r in table.rows)
+    pub_share = math.fsum(r.share for r in table.rows if r.kind == "published")
+    n_fixed = len(table.rows) - n_lang - n_pub
+    tau = "-" if table.tau is None else f"{table.tau:g}"
+    head = f"phase {table.name}: tau {tau}, {human(table.phase_tokens)} tokens; "
+    parts = []
+    if n_lang:
+        parts.append(f"{n_lang} languages by tau ({lang_share:.1%})")
+    if n_fixed:
+        parts.append(f"{n_fixed} fixed ({1 - lang_share - pub_share:.1%})")
+    if n_pub:
+        parts.append(f"{n_pub} published datasets ({pub_share:.1%})")
     lines = [
-        f"phase {table.name}: tau {table.tau:g}, {human(table.phase_tokens)} tokens; "
-        f"{n_lang} languages by tau ({lang_share:.1%}), {n_fixed} fixed ({1 - lang_share:.1%})",
+        head + ", ".join(parts),
         f"  {'item':<14} {'kind':<8} {'available':>10} {'share':>9} {'in phase':>10} {'epochs':>8}",
     ]
     rows = table.rows if not top else table.rows[:top]
@@ -270,251 +275,3 @@ def format_table(table: PhaseTable, *, max_epochs: float = MAX_EPOCHS, top: int 
     if top and len(table.rows) > top:
         lines.append(f"  ... {len(table.rows) - top} more rows in the CSV")
     return "\n".join(lines)
-
-
-def _num(x: float | None) -> str:
-    if x is None:
-        return ""
-    if isinstance(x, int):
-        return str(x)
-    return repr(float(x))
-
-
-def write_csv(tables: Sequence[PhaseTable], path: str | os.PathLike) -> Path:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(CSV_COLUMNS)
-        for t in tables:
-            for r in t.rows:
-                writer.writerow(
-                    [
-                        t.name,
-                        r.item,
-                        r.kind,
-                        repr(t.tau),
-                        _num(r.tokens_available),
-                        _num(r.share),
-                        _num(r.tokens_in_phase),
-                        _num(r.epochs),
-                    ]
-                )
-    os.replace(tmp, path)
-    return path
-
-
-def write_plot(tables: Sequence[PhaseTable], path: str | os.PathLike, title: str | None = None) -> Path:
-    """Share vs available tokens, log-log, one series per phase (languages of the tau split only)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    fig, ax = plt.subplots(figsize=(7.5, 5.0))
-    for t in tables:
-        points = [
-            (r.tokens_available, r.share) for r in t.rows if r.kind == "language" and r.tokens_available
-        ]
-        if not points:
-            continue
-        x, y = zip(*points)
-        ax.scatter(x, y, s=10, alpha=0.7, label=f"{t.name} (tau {t.tau:g}, {len(points)} languages)")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("tokens available")
-    ax.set_ylabel("share of the phase's tokens")
-    ax.set_title(title or "Temperature sampling: share vs available tokens")
-    ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
-
-
-# ----------------------------------------------------------------------------------------------- recipes
-
-
-def _load_data_section(path: Path, overrides: Sequence[str]):
-    """(data section, trainer section or None) of a recipe, via `mmbert_train.config.load_recipe` when present."""
-    try:
-        from mmbert_train.config import load_recipe
-    except ModuleNotFoundError as err:  # the recipe module is not there: validate the data section alone
-        if err.name != "mmbert_train.config":
-            raise
-        from mmbert_train.data.spec import DataConfig
-        from mmbert_train.schema import from_dict, load_yaml
-
-        raw = load_yaml(path, overrides)
-        return from_dict(DataConfig, raw.get("data"), f"{path}: data"), None
-    recipe = load_recipe(path, overrides)
-    return recipe.data, recipe.trainer
-
-
-def phase_tokens_of(trainer, data_cfg, path: Path) -> tuple[float, str]:
-    """The phase's token budget from ``trainer.max_duration`` (and how it was derived)."""
-    if trainer is None:
-        raise DataValidationError(f"{path}: no trainer section read; pass --phase-tokens N")
-    from mmbert_train.config import parse_time
-
-    value, unit = parse_time(trainer.max_duration, "trainer.max_duration")
-    if unit == "tok":
-        return value, "trainer.max_duration"
-    if unit == "ba":
-        return (
-            value * trainer.global_batch_size * data_cfg.max_seq_len,
-            "max_duration x batch x seq len (upper bound)",
-        )
-    if unit == "sp":
-        return value * data_cfg.max_seq_len, "max_duration x seq len (upper bound)"
-    raise DataValidationError(
-        f"{path}: trainer.max_duration {trainer.max_duration!r} is not in tokens; pass --phase-tokens N"
-    )
-
-
-# ---------------------------------------------------------------------------------------------------- CLI
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="mmbert plan",
-        description="Print a phase's sampling plan (tokens available, share, tokens in the phase, epochs) and "
-        "write it as CSV + PNG. Give recipes (with key=value overrides), or a counts CSV.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n  mmbert plan recipes/base_pretrain.yaml data.tau=0.5\n"
-        "  mmbert plan --counts recipes/languages/language_counts.csv --column pretrain "
-        "--counts-are sampled --sampled-tau 0.7 --tau 0.7 0.5 0.3",
-    )
-    p.add_argument(
-        "recipes", nargs="*", metavar="RECIPE|key=value", help="recipe YAMLs and overrides for all"
-    )
-    p.add_argument("--counts", metavar="FILE", help="per-language counts CSV (header: language,<column>,...)")
-    p.add_argument("--column", nargs="+", help="counts column(s) to read, e.g. pretrain ext decay-all")
-    p.add_argument("--counts-are", choices=("available", "sampled"), help="what the column holds")
-    p.add_argument("--sampled-tau", type=float, nargs="+", help="the tau the sampled counts were drawn at")
-    p.add_argument(
-        "--tau",
-        type=float,
-        nargs="+",
-        help="tau(s) to plan with (counts mode: several taus for one column, or one per column)",
-    )
-    p.add_argument("--languages", metavar="FILE", help="language set (counts mode; default: ids with counts)")
-    p.add_argument(
-        "--fixed",
-        action="append",
-        metavar="ID[=SHARE]",
-        help="fixed-share id kept out of the tau split (counts mode; default eng, code; 'none')",
-    )
-    p.add_argument("--available-total", type=float, help="sampled counts: total available tokens to assume")
-    p.add_argument("--phase-tokens", type=float, help="the phase's token budget (overrides the recipe's)")
-    p.add_argument("--max-epochs", type=float, default=MAX_EPOCHS, help="warn above this (default 5)")
-    p.add_argument("--no-check-files", action="store_true", help="recipes: trust the manifest, skip the disk")
-    p.add_argument("--top", type=int, default=0, help="print only the first N rows per phase (CSV has all)")
-    p.add_argument("--out", metavar="STEM", help="write STEM.csv and STEM.png (default: plan_<name>)")
-    p.add_argument("--title", help="plot title")
-    return p
-
-
-def _counts_jobs(
-    columns: Sequence[str], taus: Sequence[float], sampled_taus: Sequence[float] | None
-) -> list[tuple[str, float, float | None]]:
-    """(column, tau, sampled tau) per table: one column with several taus (what tau does to one phase), or
-    several columns (phases), each with its own tau and sampled tau (or one value for all)."""
-    sampled_taus = list(sampled_taus or [None])
-    if len(columns) == 1:
-        if len(sampled_taus) != 1:
-            raise DataValidationError("--sampled-tau: give one value for one --column")
-        return [(columns[0], tau, sampled_taus[0]) for tau in taus]
-    for flag, values in (("--tau", taus), ("--sampled-tau", sampled_taus)):
-        if len(values) not in (1, len(columns)):
-            raise DataValidationError(
-                f"{flag}: give one value, or one per --column ({len(columns)}), got {len(values)}"
-            )
-    taus = list(taus) * len(columns) if len(taus) == 1 else list(taus)
-    sampled_taus = sampled_taus * len(columns) if len(sampled_taus) == 1 else sampled_taus
-    return list(zip(columns, taus, sampled_taus))
-
-
-def build_tables(args: argparse.Namespace) -> list[PhaseTable]:
-    recipes = [r for r in args.recipes if "=" not in r]
-    overrides = [r for r in args.recipes if "=" in r]
-    if args.counts:
-        if recipes or overrides:
-            raise DataValidationError("give either recipes or --counts, not both")
-        for flag in ("column", "counts_are", "tau"):
-            if getattr(args, flag) is None:
-                raise DataValidationError(f"--counts needs --{flag.replace('_', '-')}")
-        languages = read_language_file(args.languages) if args.languages else None
-        fixed = parse_fixed(args.fixed) if args.fixed else None
-        tables = []
-        for column, tau, sampled_tau in _counts_jobs(args.column, args.tau, args.sampled_tau):
-            tables.append(
-                table_from_counts(
-                    read_counts_csv(args.counts, column),
-                    name=column,
-                    tau=tau,
-                    counts_are=args.counts_are,
-                    sampled_tau=sampled_tau,
-                    languages=languages,
-                    fixed=fixed,
-                    phase_tokens=args.phase_tokens,
-                    available_total=args.available_total,
-                    where=f"{args.counts} column {column!r}",
-                )
-            )
-        return tables
-    if not recipes:
-        raise DataValidationError("give a recipe (mmbert plan recipes/base_pretrain.yaml) or --counts FILE")
-    tables = []
-    for recipe in recipes:
-        path = Path(recipe)
-        data_cfg, trainer = _load_data_section(path, overrides)
-        plan = build_phase_plan(data_cfg, recipe_dir=path.parent, check_files=not args.no_check_files)
-        if args.phase_tokens is not None:
-            tokens, how = args.phase_tokens, "--phase-tokens"
-        else:
-            tokens, how = phase_tokens_of(trainer, data_cfg, path)
-        table = table_from_plan(path.stem, plan, tokens)
-        table.notes.insert(0, f"phase tokens from {how}")
-        tables.append(table)
-    return tables
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        tables = build_tables(args)
-    except (DataValidationError, LanguageSetError, ValueError) as err:
-        print(f"mmbert plan: error: {err}", file=sys.stderr)
-        return 2
-    for t in tables:
-        print(format_table(t, max_epochs=args.max_epochs, top=args.top or None))
-        for note in t.notes:
-            print(f"  note: {note}")
-        if t.ignored:
-            shown = ", ".join(f"{k} ({human(v)})" for k, v in list(t.ignored.items())[:15])
-            more = f", ... ({len(t.ignored)} in all)" if len(t.ignored) > 15 else ""
-            print(
-                f"  note: {len(t.ignored)} language(s) with data are not in the phase's set, ignored: {shown}{more}"
-            )
-        over = t.over(args.max_epochs)
-        if over:
-            shown = ", ".join(f"{r.item} {r.epochs:.4g}" for r in sorted(over, key=lambda r: -r.epochs)[:15])
-            print(
-                f"warning: phase {t.name}: {len(over)} item(s) repeat more than {args.max_epochs:g} epochs: {shown}",
-                file=sys.stderr,
-            )
-        print()
-    stem = args.out or "plan_" + "-".join(dict.fromkeys(t.name for t in tables))
-    csv_path = write_csv(tables, f"{stem}.csv")
-    png_path = write_plot(tables, f"{stem}.png", args.title)
-    print(f"wrote {csv_path} and {png_path}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -471,7 +471,9 @@ def _flash_setup_context(ctx, inputs, output):
 
 def _flash_backward(ctx, grad):
     q, k, v, cu_seqlens = ctx.saved_tensors
-    dq, dk, dv = _flash_varlen_backward_op(grad.contiguous(), q, k, v, cu_seqlens, ctx.max_seqlen, ctx.window_half)
+    dq, dk, dv = _flash_varlen_backward_op(
+        grad.contiguous(), q, k, v, cu_seqlens, ctx.max_seqlen, ctx.window_half
+    )
     return dq, dk, dv, None, None, None, None
 
 

@@ -72,7 +72,13 @@ class ModelConfig:
             problems.append(f"head dim {self.hidden_size // self.num_attention_heads} must be even for RoPE")
         if self.attn_backend not in ATTN_BACKENDS:
             problems.append(f"attn_backend {self.attn_backend!r} is not one of {ATTN_BACKENDS}")
-        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "loss_chunk_size"):
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "loss_chunk_size",
+        ):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.global_attn_every_n_layers < 1:

@@ -22,13 +22,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils import _pytree as pytree
 
+from ..constants import IGNORE_INDEX
 from .attention import ATTENTION_BACKENDS, check_trainable, resolve_backend
 from .config import ModelConfig, output_projection_std
 from .layout import FlatBatch, TokenLayout, flatten_batch
 from .mlm_loss import linear_cross_entropy
 from .rope import apply_rotary, rotary_cos_sin
-
-IGNORE_INDEX = -100
 
 
 @dataclass
@@ -151,7 +150,9 @@ class MMBertModel(nn.Module):
             mark_dynamic((ropes, attn_inputs))
         for layer in self.layers:
             theta = c.global_rope_theta if layer.attn.is_global else c.local_rope_theta
-            x = layer(mark_dynamic(x) if dynamic else x, ropes[theta], attn_inputs[layer.attn.window_half], backend)
+            x = layer(
+                mark_dynamic(x) if dynamic else x, ropes[theta], attn_inputs[layer.attn.window_half], backend
+            )
         return self.final_norm(mark_dynamic(x) if dynamic else x)
 
 
