@@ -94,14 +94,8 @@ def _backward(ctx, grad_loss, grad_correct, *unused):
     if grad_h.numel() == 0 and grad_w.numel() == 0:
         raise RuntimeError("linear_cross_entropy ran without with_grad but is being differentiated")
     scale = grad_loss.float()
-    return (
-        (grad_h * scale).to(grad_h.dtype),
-        (grad_w * scale).to(grad_w.dtype),
-        (grad_b * scale).to(grad_b.dtype),
-        None,
-        None,
-        None,
-    )
+    # In place: these buffers are ours alone (outputs nobody else reads), so no second (vocab, hidden) copy.
+    return grad_h.mul_(scale), grad_w.mul_(scale), grad_b.mul_(scale), None, None, None
 
 
 _linear_cross_entropy.register_autograd(_backward, setup_context=_setup_context)
