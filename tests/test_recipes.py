@@ -256,7 +256,8 @@ def snapshot_in_current_form(recipe: Path) -> str:
     * ``data.sources`` was a list of ``{name, kind, share, languages}``; it is now a mapping keyed by the name
       (same sources, same order, same values);
     * ``trainer.run_name: null`` (recipes that set no run name: smoke, experiment) now shows the name the trainer
-      already used for such a run, the recipe's ``name``.
+      already used for such a run, the recipe's ``name``;
+    * ``model.loss_chunk_size`` (a later model field, the chunked loss) appears with its default.
     """
     import yaml
     from omegaconf import OmegaConf
@@ -273,6 +274,7 @@ def snapshot_in_current_form(recipe: Path) -> str:
     old["data"] = data
     if old["trainer"]["run_name"] is None:
         old["trainer"]["run_name"] = old["name"]
+    old["model"]["loss_chunk_size"] = 4096
     return OmegaConf.to_yaml(OmegaConf.create(old), sort_keys=False)
 
 
