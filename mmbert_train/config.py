@@ -187,6 +187,9 @@ class TrainerConfig:
     parallelism: Literal["auto", "ddp", "fsdp"] = "auto"  # auto: DDP when several ranks; fsdp: see `fsdp`
     fsdp: FSDPConfig = field(default_factory=FSDPConfig)
     compile: bool = False  # torch.compile the model (GPU)
+    # Memory of one GPU the microbatch is sized for ("80GB" = 80e9 bytes, "80GiB" = 80 * 2^30); `mmbert config`
+    # warns when the memory planner (mmbert_train.memory) says device_microbatch_size does not fit it.
+    gpu_memory: str = "80GB"
     run_name: str | None = None
     save_folder: str | None = None  # None = no checkpoints
     save_interval: str = "1000ba"  # also written at the end of the phase
@@ -207,6 +210,12 @@ class TrainerConfig:
             raise ValueError(
                 f"trainer.device_microbatch_size must be >= 1, got {self.device_microbatch_size}"
             )
+        from mmbert_train.memory import parse_memory
+
+        try:
+            parse_memory(self.gpu_memory)
+        except ValueError as err:
+            raise ValueError(f"trainer.gpu_memory: {err}") from None
 
 
 @dataclass
@@ -396,7 +405,29 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     sys.stdout.write(recipe_to_yaml(recipe))
+    warning = microbatch_memory_warning(recipe, args.recipe)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
+
+
+def microbatch_memory_warning(recipe: Recipe, where: str = "recipe", world_size: int = 8) -> str | None:
+    """A warning when the memory planner estimates that ``trainer.device_microbatch_size`` does not fit
+    ``trainer.gpu_memory`` (on ``world_size`` GPUs, the paper's 8; CPU recipes are not checked)."""
+    if recipe.trainer.device == "cpu":
+        return None
+    from mmbert_train.memory import format_bytes, plan_recipe
+
+    plan = plan_recipe(recipe, world_size=world_size)
+    if plan.fits:
+        return None
+    return (
+        f"{where}: trainer.device_microbatch_size {plan.microbatch} x {plan.seq_len} tokens needs about "
+        f"{format_bytes(plan.estimate.peak)} per GPU (memory planner, {world_size} GPUs, dominant term: "
+        f"{plan.estimate.dominant}), more than trainer.gpu_memory {recipe.trainer.gpu_memory} leaves after "
+        f"{plan.headroom:.0%} headroom ({format_bytes(plan.budget)}); the largest microbatch that fits is "
+        f"{plan.max_microbatch} (details: mmbert plan --memory {where})"
+    )
 
 
 if __name__ == "__main__":
