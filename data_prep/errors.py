@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from data_prep.languages import LanguageNameError
-from data_prep.manifest import ManifestError
 from data_prep.readers import RawInputError
 from data_prep.stats import StatsError
 from data_prep.tokenize import PrepError
 from data_prep.tokenizer import TokenizerError
 from data_prep.udhr import UdhrError
+from mmbert_train.data.languages import LanguageNameError
+from mmbert_train.data.manifest import ManifestError
+from mmbert_train.data.mds import MDSError
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
     LanguageNameError,
@@ -17,6 +18,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     PrepError,
     TokenizerError,
     StatsError,
+    MDSError,
     UdhrError,
     FileExistsError,
 )

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from data_prep.languages import check_language
 from data_prep.readers import RawInputError, file_kind
+from mmbert_train.data.languages import check_language
 
 
 @dataclass(frozen=True)

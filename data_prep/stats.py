@@ -15,76 +15,15 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
-
-from data_prep.languages import check_language
-from data_prep.manifest import MANIFEST_NAME, empty_counts, make_manifest, write_json_atomic
-
-COLUMN = "input_ids"
-BYTES_ID_WIDTH = 4
+from mmbert_train.data.languages import check_language
+from mmbert_train.data.manifest import MANIFEST_NAME, empty_counts, make_manifest, write_json_atomic
+from mmbert_train.data.mds import MDSError, iter_input_ids
 
 
-class StatsError(ValueError):
+class StatsError(MDSError):
     """An MDS folder that cannot be counted; the message names the file."""
-
-
-def _shard_bytes(folder: Path, shard: dict) -> bytes:
-    zip_data = shard.get("zip_data")
-    if zip_data:
-        from streaming.base.compression import decompress
-
-        path = folder / zip_data["basename"]
-        return decompress(shard["compression"], path.read_bytes())
-    return (folder / shard["raw_data"]["basename"]).read_bytes()
-
-
-def _as_ids(value, encoding: str, where: str) -> np.ndarray:
-    if isinstance(value, np.ndarray):
-        if not np.issubdtype(value.dtype, np.integer):
-            raise StatsError(f"{where}: column {COLUMN!r} holds {value.dtype} arrays, expected integer ids")
-        return value.reshape(-1)
-    if isinstance(value, bytes | bytearray | memoryview):
-        if len(value) % BYTES_ID_WIDTH:
-            raise StatsError(
-                f"{where}: a bytes sample of {len(value)} bytes is not a whole number of 4-byte ids"
-            )
-        return np.frombuffer(value, dtype="<u4")
-    raise StatsError(
-        f"{where}: column {COLUMN!r} has encoding {encoding!r}; expected ndarray of ints or bytes"
-    )
-
-
-def iter_input_ids(folder: str | Path) -> Iterator[np.ndarray]:
-    """Yield every sample's ``input_ids`` of the MDS dataset in ``folder`` (shard order), as 1-D integer arrays."""
-    from streaming.base.format.mds.reader import MDSReader
-
-    folder = Path(folder)
-    index_file = folder / "index.json"
-    try:
-        index = json.loads(index_file.read_text())
-    except FileNotFoundError:
-        raise StatsError(f"{index_file}: missing; not an MDS dataset") from None
-    except ValueError as exc:
-        raise StatsError(f"{index_file}: not valid JSON ({exc})") from None
-    for number, shard in enumerate(index.get("shards", [])):
-        where = f"{index_file} shard {number}"
-        if shard.get("format") != "mds":
-            raise StatsError(f"{where}: format {shard.get('format')!r}, only 'mds' is supported")
-        if COLUMN not in shard["column_names"]:
-            raise StatsError(f"{where}: no column {COLUMN!r} (columns: {', '.join(shard['column_names'])})")
-        encoding = shard["column_encodings"][shard["column_names"].index(COLUMN)]
-        reader = MDSReader.from_json(str(folder), None, shard)
-        data = _shard_bytes(folder, shard)
-        n = int(np.frombuffer(data, np.uint32, 1)[0])
-        offsets = np.frombuffer(data, np.uint32, n + 1, offset=4)
-        if n != shard["samples"]:
-            raise StatsError(f"{where}: holds {n} samples, index.json says {shard['samples']}")
-        for i in range(n):
-            sample = reader.decode_sample(data[offsets[i] : offsets[i + 1]])
-            yield _as_ids(sample[COLUMN], encoding, where)
 
 
 def count_dataset(folder: Path) -> tuple[int, int, int]:

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep.manifest import (
+from mmbert_train.data.manifest import (
     COUNT_KEYS,
     MANIFEST_NAME,
     empty_counts,
@@ -433,7 +433,7 @@ def plan_raw(raw_dir: str | Path) -> list[GroupPlan]:
 
 
 def plan_hf(spec: HFSpec, source: str, language: str, text_field: str = "text") -> list[GroupPlan]:
-    from data_prep.languages import check_language
+    from mmbert_train.data.languages import check_language
 
     check_language(language, "--language")
     n = hf_num_shards(spec, text_field)

@@ -69,9 +69,9 @@ def check_special_ids(tokenizer, name: str) -> None:
 
 def _language_texts(raw_dir: Path, text_field: str, chars_per_language: int | None, max_chars: int):
     """Yield training texts, at most ``chars_per_language`` characters per language; record counts in ``used``."""
-    from data_prep.languages import base_language
     from data_prep.layout import discover_groups
     from data_prep.readers import read_documents
+    from mmbert_train.data.languages import base_language
 
     groups = discover_groups(raw_dir)
     by_language = defaultdict(list)

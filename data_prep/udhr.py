@@ -151,7 +151,7 @@ def write_corpus(tarball: Path, out_root: Path, expected_sha256: str | None = SH
     final = out_root / SOURCE
     # the temporary folder is removed if anything below fails, so no partial corpus is left
     with atomic_output_dir(final, overwrite=True) as tmp:
-        from data_prep.languages import LanguageNameError, check_language
+        from mmbert_train.data.languages import LanguageNameError, check_language
 
         translations = documents = 0
         left_out: list[str] = []

@@ -1,4 +1,5 @@
-"""Publishing an output directory atomically: build it under a temporary sibling, rename it into place at the end.
+"""Publishing outputs atomically: a directory is built under a temporary sibling and renamed into place at the
+end; a file is written to a temporary name in its folder and renamed (:func:`atomic_write_bytes`).
 
 Every command that writes a directory a later step reads (tokenizer, sample corpus, exported or merged model)
 goes through :func:`atomic_output_dir`, so a crashed or interrupted run leaves either the old directory or the
@@ -39,3 +40,33 @@ def atomic_output_dir(out: Path, *, overwrite: bool = False) -> Iterator[Path]:
             old.unlink()
     else:
         tmp.rename(out)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary name in the same folder (flushed and fsynced), then rename:
+    a reader sees the old file or the whole new one, never a prefix."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """:func:`atomic_write_bytes` of ``text`` in UTF-8."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: object) -> Path:
+    """``obj`` as indented, key-sorted JSON with a final newline, written with :func:`atomic_write_bytes`."""
+    import json
+
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")

@@ -1,6 +1,6 @@
 """The `mmbert` command.
 
-Each subcommand lives in the module that owns its logic and exposes ``main(argv: list[str]) -> int | None``.
+Each subcommand is a module of :mod:`mmbert_train.commands` (``prep``: :mod:`data_prep.cli`) exposing ``main(argv: list[str]) -> int | None``.
 Modules are imported only when their subcommand runs, so ``mmbert --help`` is instant and a subcommand never
 pays for another one's imports (torch, transformers, streaming).
 """
@@ -15,15 +15,24 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "prep": ("data_prep.cli:main", "data preparation: udhr, train-tokenizer, tokenize, stats"),
     "plan": (
-        "mmbert_train.data.planner:main",
+        "mmbert_train.commands.plan:main",
         "print a phase's sampling plan (tokens, shares, epochs) + plot",
     ),
-    "config": ("mmbert_train.config:main", "print a recipe fully resolved and validated, as YAML"),
-    "train": ("mmbert_train.train.entry:main", "train a recipe in this process (same as `python train.py`)"),
-    "merge": ("mmbert_train.merge:main", "merge checkpoints (TIES, linear, EMA over checkpoints)"),
-    "export": ("mmbert_train.export:main", "export a checkpoint as a Hugging Face ModernBertForMaskedLM dir"),
-    "fill-mask": ("mmbert_train.export:fill_mask_main", "top-k predictions for <mask> with transformers"),
-    "eval-mlm": ("mmbert_train.evaluate:main", "held-out MLM loss / accuracy per language"),
+    "config": ("mmbert_train.commands.config:main", "print a recipe fully resolved and validated, as YAML"),
+    "train": (
+        "mmbert_train.commands.train:main",
+        "train a recipe in this process (same as `python train.py`)",
+    ),
+    "merge": ("mmbert_train.commands.merge:main", "merge checkpoints (TIES, linear, EMA over checkpoints)"),
+    "export": (
+        "mmbert_train.commands.export:main",
+        "export a checkpoint as a Hugging Face ModernBertForMaskedLM dir",
+    ),
+    "fill-mask": (
+        "mmbert_train.commands.export:fill_mask_main",
+        "top-k predictions for <mask> with transformers",
+    ),
+    "eval-mlm": ("mmbert_train.commands.eval_mlm:main", "held-out MLM loss / accuracy per language"),
 }
 
 

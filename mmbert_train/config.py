@@ -1,4 +1,4 @@
-"""Training recipes: the dataclass tree, `load_recipe` (inheritance + overrides + validation) and `mmbert config`.
+"""Training recipes: the dataclass tree and `load_recipe` (inheritance + overrides + validation).
 
 A recipe is one YAML file per phase (``recipes/base_pretrain.yaml``, ...). It names what it ``extends:`` and holds
 only what differs; ``key=value`` arguments override any value (``trainer.max_duration=20ba``). Loading runs two
@@ -18,11 +18,9 @@ the repository root for the shipped recipes (``composer train.py recipes/base_de
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import difflib
 import re
-import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +44,6 @@ __all__ = [
     "WandbConfig",
     "check_recipe",
     "load_recipe",
-    "main",
     "parse_time",
     "recipe_to_yaml",
 ]
@@ -190,7 +187,7 @@ class TrainerConfig:
     # Memory of one GPU the microbatch is sized for ("80GB" = 80e9 bytes, "80GiB" = 80 * 2^30); `mmbert config`
     # warns when the memory planner (mmbert_train.memory) says device_microbatch_size does not fit it.
     gpu_memory: str = "80GB"
-    run_name: str | None = None
+    run_name: str | None = None  # None = the recipe's `name`
     save_folder: str | None = None  # None = no checkpoints
     save_interval: str = "1000ba"  # also written at the end of the phase
     save_num_checkpoints_to_keep: int = -1  # -1 = keep all
@@ -263,10 +260,30 @@ class Recipe:
     tokenizer: str | None = None  # Hugging Face id or directory; saved with exports
     description: str = ""
 
+    def __post_init__(self) -> None:
+        if self.trainer.run_name is None:  # a recipe names its run once, in `name`
+            self.trainer.run_name = self.name
+
     @property
     def model_config(self) -> ModelConfig:
         """The architecture of the model section (with ``init_from`` the checkpoint must agree with it)."""
         return resolve_model_config(self.model)
+
+    def phase_tokens(self) -> int | None:
+        """The phase's length in tokens, from ``trainer.max_duration``: exact in ``tok``; in ``ba`` and ``sp`` the
+        upper bound of full rows (``batches x global_batch_size x max_seq_len``, ``samples x max_seq_len``: packed
+        rows are nearly full, and batch-size warmup makes early batches smaller); None in ``ep`` or ``dur``.
+
+        The one place a duration becomes tokens: the loader (mask-ratio schedule, Streaming's epoch size) and the
+        planner (tokens per language) both use it."""
+        value, unit = parse_time(self.trainer.max_duration, "trainer.max_duration")
+        if unit == "tok":
+            return int(value)
+        if unit == "ba":
+            return int(value * self.trainer.global_batch_size * self.data.max_seq_len)
+        if unit == "sp":
+            return int(value * self.data.max_seq_len)
+        return None
 
 
 # ------------------------------------------------------------------------------------------------------- time
@@ -376,6 +393,13 @@ def load_recipe(path: str | Path, overrides: typing.Iterable[str] = ()) -> Recip
     path = Path(path)
     raw = load_yaml(path, overrides)
     where = f"{path}:"
+    sources = raw.get("data", {}).get("sources") if isinstance(raw.get("data"), dict) else None
+    if isinstance(sources, list):
+        raise ConfigError(
+            f"{where} data.sources: a mapping keyed by source name is expected, not a list: write "
+            "`sources: {fineweb2: {kind: multilingual}, dclm: {kind: fixed, share: 0.3, languages: [eng]}}` "
+            "(a recipe extending it then overrides one source by its name)"
+        )
     recipe = from_dict(Recipe, raw, where)
     check_recipe(recipe, str(path))
     return recipe
@@ -386,49 +410,9 @@ def recipe_to_yaml(recipe: Recipe) -> str:
     from omegaconf import OmegaConf
 
     resolved = to_dict(recipe)
+    # a source's name is its key under data.sources (the output loads again as a recipe)
+    for source in resolved["data"]["sources"].values():
+        del source["name"]
     # the model section with every field filled in (preset values + overrides), not just what the YAML set
     resolved["model"] = {"preset": recipe.model.preset, **recipe.model_config.to_dict()}
     return OmegaConf.to_yaml(OmegaConf.create(resolved), sort_keys=False)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="mmbert config",
-        description="Print a recipe fully resolved (extends + overrides) and validated, as YAML.",
-    )
-    parser.add_argument("recipe", help="recipe YAML, e.g. recipes/base_pretrain.yaml")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. trainer.max_duration=10ba")
-    args = parser.parse_args(argv)
-    try:
-        recipe = load_recipe(args.recipe, args.overrides)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    sys.stdout.write(recipe_to_yaml(recipe))
-    warning = microbatch_memory_warning(recipe, args.recipe)
-    if warning:
-        print(f"warning: {warning}", file=sys.stderr)
-    return 0
-
-
-def microbatch_memory_warning(recipe: Recipe, where: str = "recipe", world_size: int = 8) -> str | None:
-    """A warning when the memory planner estimates that ``trainer.device_microbatch_size`` does not fit
-    ``trainer.gpu_memory`` (on ``world_size`` GPUs, the paper's 8; CPU recipes are not checked)."""
-    if recipe.trainer.device == "cpu":
-        return None
-    from mmbert_train.memory import format_bytes, plan_recipe
-
-    plan = plan_recipe(recipe, world_size=world_size)
-    if plan.fits:
-        return None
-    return (
-        f"{where}: trainer.device_microbatch_size {plan.microbatch} x {plan.seq_len} tokens needs about "
-        f"{format_bytes(plan.estimate.peak)} per GPU (memory planner, {world_size} GPUs, dominant term: "
-        f"{plan.estimate.dominant}), more than trainer.gpu_memory {recipe.trainer.gpu_memory} leaves after "
-        f"{plan.headroom:.0%} headroom ({format_bytes(plan.budget)}); the largest microbatch that fits is "
-        f"{plan.max_microbatch} (details: mmbert plan --memory {where})"
-    )
-
-
-if __name__ == "__main__":
-    sys.exit(main())

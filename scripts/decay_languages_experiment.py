@@ -101,7 +101,7 @@ def language_groups(recipes: Path = RECIPES) -> dict[str, list[str]]:
 
 def scored_groups(groups: Mapping[str, list[str]], data: Path) -> dict[str, list[str]]:
     """The groups cut to the languages with held-out text (a language with one document has none)."""
-    from mmbert_train.evaluate import all_heldout_languages
+    from mmbert_train.evaluation import all_heldout_languages
 
     have = set(all_heldout_languages(data / "mds", ["udhr"]))
     return {g: [x for x in langs if x in have] for g, langs in groups.items()}
@@ -250,7 +250,7 @@ def variant_path(run_dir: Path, seed: int, variant: str) -> Path:
 
 def evaluate_seed(run_dir: Path, seed: int, data: Path, groups: Mapping[str, list[str]], heldout_cache: dict):
     """Score every variant of one seed; one JSON per variant under ``seed<S>/eval/`` (reused when present)."""
-    from mmbert_train.evaluate import evaluate_model, load_heldout, write_json
+    from mmbert_train.evaluation import evaluate_model, load_heldout, write_json
     from mmbert_train.model import load_pretrained
 
     for variant in VARIANTS:

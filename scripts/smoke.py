@@ -105,7 +105,7 @@ class HeldoutScorer:
         return [language for language in wanted if language in self.heldout_languages]
 
     def score(self, model, languages: list[str]) -> tuple[float, float]:
-        from mmbert_train.evaluate import evaluate_model, load_heldout
+        from mmbert_train.evaluation import evaluate_model, load_heldout
 
         key = tuple(languages)
         if key not in self.cache:

@@ -13,8 +13,8 @@ from test_model import padded_batch, random_config, random_hf_model
 from torch import nn
 from transformers import AutoModelForMaskedLM, PretrainedConfig, PreTrainedModel
 
+from mmbert_train.checkpoints import CheckpointError, load_pickle, open_state_dict, read_model_config
 from mmbert_train.model import MMBertForMaskedLM, ModelConfig, load_pretrained, save_pretrained
-from mmbert_train.model.checkpoints import CheckpointError, load_pickle, open_state_dict, read_model_config
 
 
 def hf_logits(hf, ids, mask):

@@ -1,4 +1,4 @@
-"""`mmbert eval-mlm`: held-out masked-token accuracy / loss per language and group (mmbert_train/evaluate.py)."""
+"""`mmbert eval-mlm`: held-out masked-token accuracy / loss per language and group (mmbert_train/evaluation/, mmbert_train/commands/eval_mlm.py)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from data_prep.stats import iter_input_ids
 from data_prep.testing import make_mds
+from mmbert_train.commands.eval_mlm import main
 from mmbert_train.data.masking import mask_generator, mask_tokens
+from mmbert_train.data.mds import iter_input_ids
 from mmbert_train.data.packing import cut_sample
-from mmbert_train.evaluate import (
+from mmbert_train.evaluation import (
     EvalError,
     LanguageResult,
     MLMScore,
@@ -23,7 +24,6 @@ from mmbert_train.evaluate import (
     evaluate_model,
     language_key,
     load_heldout,
-    main,
 )
 from mmbert_train.model import MMBertForMaskedLM, ModelConfig, save_pretrained
 

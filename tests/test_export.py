@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from data_prep.testing import make_tokenizer
-from mmbert_train.export import export, fill_mask_main, load_checkpoint
-from mmbert_train.export import main as export_main
+from mmbert_train.checkpoints import load_checkpoint
+from mmbert_train.commands.export import export, fill_mask_main
+from mmbert_train.commands.export import main as export_main
 from mmbert_train.merge.testing import write_dcp_checkpoint
 from mmbert_train.model import MMBertForMaskedLM, ModelConfig, save_pretrained
 

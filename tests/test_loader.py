@@ -64,7 +64,7 @@ def read_corpus(root: Path, lang: str, source="web", sub="") -> list[np.ndarray]
 def data_config(root: Path, **overrides):
     from mmbert_train.data.spec import DataConfig, SourceConfig
 
-    kwargs = dict(root=str(root), languages=list(LANGS), tau=0.5, sources=[SourceConfig(name="web")],
+    kwargs = dict(root=str(root), languages=list(LANGS), tau=0.5, sources={"web": SourceConfig()},
                   max_seq_len=128, mask_ratio=0.3, num_workers=0, shuffle_seed=7)  # fmt: skip
     kwargs.update(overrides)
     return DataConfig(**kwargs)
@@ -92,7 +92,7 @@ def corpus(tmp_path_factory):
 
 
 def _spec(corpus, **kw):
-    from mmbert_train.data.loader import build_train_dataloader
+    from mmbert_train.train.dataloader import build_train_dataloader
 
     cfg_kw = {
         k: kw.pop(k)
@@ -195,7 +195,7 @@ import json, os, sys, torch
 sys.path.insert(0, {tests!r})
 from pathlib import Path
 from test_loader import data_config, plain_streams, VOCAB
-from mmbert_train.data.loader import build_train_dataloader
+from mmbert_train.train.dataloader import build_train_dataloader
 from mmbert_train.data.spec import BatchWarmupConfig
 
 if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -261,7 +261,7 @@ from pathlib import Path
 from composer import Callback, Event, Trainer
 from composer.models import ComposerModel
 from test_loader import data_config, VOCAB
-from mmbert_train.data.loader import build_train_dataloader
+from mmbert_train.train.dataloader import build_train_dataloader
 from mmbert_train.data.spec import BatchWarmupConfig
 
 mode, root, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
@@ -399,7 +399,7 @@ def test_builder_cleans_stale_shared_memory(corpus, monkeypatch):
 
     calls = []
     monkeypatch.setattr(streaming.base.util, "clean_stale_shared_memory", lambda: calls.append(1))
-    from mmbert_train.data.loader import build_train_dataloader
+    from mmbert_train.train.dataloader import build_train_dataloader
 
     build_train_dataloader(data_config(corpus), global_batch_size=8, vocab_size=VOCAB, rank=0, world_size=1,
                            streams=plain_streams(corpus))  # fmt: skip

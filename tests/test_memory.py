@@ -148,7 +148,7 @@ def test_plan_of_a_shipped_recipe_names_its_terms():
 
 def _config_cli(capsys, *args: str) -> tuple[int, str]:
     """`mmbert config ARGS` in this process: (exit status, stderr)."""
-    from mmbert_train.config import main
+    from mmbert_train.commands.config import main
 
     code = main([str(ROOT / args[0]), *args[1:]])
     return code, capsys.readouterr().err

@@ -9,7 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mmbert_train.merge import MergeError, linear_merge, main, merge_checkpoints, ties_merge
+from mmbert_train.commands.merge import main
+from mmbert_train.merge import MergeError, linear_merge, merge_checkpoints, ties_merge
 from mmbert_train.merge.testing import (
     random_state,
     save_with_transformers,
@@ -259,7 +260,7 @@ def test_composer_checkpoints_merge_with_config_tokenizer_and_progress(tmp_path,
 
 
 def test_model_globs_sort_by_batch_count_and_errors(tmp_path):
-    from mmbert_train.merge.cli import expand_models
+    from mmbert_train.merge.config import expand_models
 
     for name in ["ep0-ba1000-rank0.pt", "ep0-ba500-rank0.pt", "ep1-ba2650-rank0.pt", "latest-rank0.pt"]:
         (tmp_path / name).touch()

@@ -1,4 +1,4 @@
-"""`data_prep.manifest.load_manifest`: reads MDS/manifest.json and checks the schema of Contract 2."""
+"""`mmbert_train.data.manifest.load_manifest`: reads MDS/manifest.json and checks the schema of Contract 2."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from data_prep.manifest import ManifestError, load_manifest
+from mmbert_train.data.manifest import ManifestError, load_manifest
 
 GOOD = {
     "tokenizer": "jhu-clsp/mmBERT-base",

@@ -7,9 +7,10 @@ import pytest
 from streaming import MDSWriter
 
 from data_prep.cli import main as prep_main
-from data_prep.manifest import MANIFEST_NAME, load_manifest
-from data_prep.stats import StatsError, iter_input_ids, rebuild_manifest
+from data_prep.stats import StatsError, rebuild_manifest
 from data_prep.testing import make_mds
+from mmbert_train.data.manifest import MANIFEST_NAME, load_manifest
+from mmbert_train.data.mds import MDSError, iter_input_ids
 
 RNG = np.random.default_rng(0)
 LENGTHS = [5, 17, 1, 64, 33]
@@ -88,17 +89,15 @@ def test_errors_name_the_file(tmp_path, capsys):
         rebuild_manifest(tmp_path / "a")
     with MDSWriter(out=str(tmp_path / "b" / "pub" / "eng"), columns={"tokens": "ndarray:uint32"}) as w:
         w.write({"tokens": np.arange(3, dtype=np.uint32)})
-    with pytest.raises(
-        StatsError, match=r"eng/index.json shard 0: no column 'input_ids' \(columns: tokens\)"
-    ):
+    with pytest.raises(MDSError, match=r"eng/index.json shard 0: no column 'input_ids' \(columns: tokens\)"):
         rebuild_manifest(tmp_path / "b", tokenizer="t")
     with MDSWriter(out=str(tmp_path / "c" / "pub" / "eng"), columns={"input_ids": "ndarray:float32"}) as w:
         w.write({"input_ids": np.arange(3, dtype=np.float32)})
-    with pytest.raises(StatsError, match="holds float32 arrays, expected integer ids"):
+    with pytest.raises(MDSError, match="holds float32 arrays, expected integer ids"):
         rebuild_manifest(tmp_path / "c", tokenizer="t")
     with MDSWriter(out=str(tmp_path / "d" / "pub" / "eng"), columns={"input_ids": "bytes"}) as w:
         w.write({"input_ids": b"\x01\x02\x03"})
-    with pytest.raises(StatsError, match="3 bytes is not a whole number of 4-byte ids"):
+    with pytest.raises(MDSError, match="3 bytes is not a whole number of 4-byte ids"):
         rebuild_manifest(tmp_path / "d", tokenizer="t")
     write_foreign(tmp_path / "e" / "pub" / "English", "ndarray:uint32", _samples())
     assert prep_main(["stats", str(tmp_path / "e"), "--tokenizer", "t"]) == 2

@@ -12,12 +12,12 @@ import pytest
 
 from data_prep import tokenize as tokmod
 from data_prep.cli import main as prep_main
-from data_prep.languages import LanguageNameError
-from data_prep.manifest import load_manifest
 from data_prep.readers import RawInputError
-from data_prep.stats import iter_input_ids
 from data_prep.testing import SAMPLE_TEXTS, make_raw_corpus, make_tokenizer, write_jsonl
 from data_prep.tokenize import plan_raw, run_tokenize
+from mmbert_train.data.languages import LanguageNameError
+from mmbert_train.data.manifest import load_manifest
+from mmbert_train.data.mds import iter_input_ids
 
 BOS, EOS = 2, 1
 
@@ -217,7 +217,7 @@ def test_bad_layout_or_unreadable_file_is_a_clear_error(tmp_path, tokenizer_dir,
 
 
 def test_language_names_accepted():
-    from data_prep.languages import base_language, check_language
+    from mmbert_train.data.languages import base_language, check_language
 
     for name in ("eng", "nah", "daf", "code", "rus_Cyrl", "cmn_Hani", "code_Zzzz"):
         assert check_language(name) == name

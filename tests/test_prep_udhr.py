@@ -122,8 +122,8 @@ def test_real_package_through_tokenize(tmp_path):
         pytest.skip("npm is not installed")
     from transformers import AutoTokenizer
 
-    from data_prep.manifest import load_manifest
-    from data_prep.stats import iter_input_ids
+    from mmbert_train.data.manifest import load_manifest
+    from mmbert_train.data.mds import iter_input_ids
 
     raw, tok, mds = tmp_path / "raw", tmp_path / "tok", tmp_path / "mds"
     assert prep_main(["udhr", "--output", str(raw)]) == 0

@@ -22,7 +22,7 @@ RECIPE = """
 name: tiny
 phase: smoke
 model: {{preset: tiny}}
-data: {{root: mds, languages: [eng], tau: 0.7, sources: [{{name: udhr}}], max_seq_len: 64, mask_ratio: 0.3}}
+data: {{root: mds, languages: [eng], tau: 0.7, sources: {{udhr: {{}}}}, max_seq_len: 64, mask_ratio: 0.3}}
 optimizer: {{lr: 3.0e-3, weight_decay: 1.0e-4}}
 scheduler: {{t_warmup: 2ba, t_decay: 4ba, decay_shape: linear, alpha_f: 0.1}}
 trainer:
@@ -213,7 +213,7 @@ def test_recipe_on_real_shards_trains_and_logs_heldout_eval(tmp_path):
               root: {mds}
               languages: [eng, arb, hin, rus]
               tau: 0.7
-              sources: [{{name: web}}]
+              sources: {{web: {{}}}}
               max_seq_len: 64
               mask_ratio: 0.3
               num_workers: 0
@@ -236,7 +236,7 @@ def test_recipe_on_real_shards_trains_and_logs_heldout_eval(tmp_path):
 
 
 def test_optimizer_state_of_a_published_flexbert_checkpoint_is_mapped_by_name(tmp_path):
-    from mmbert_train.train.trainer import _composer_optimizer_state
+    from mmbert_train.checkpoints import CheckpointError, optimizer_state_by_name
 
     moments = {"exp_avg": torch.ones(2), "exp_avg_sq": torch.ones(2)}
     flex_keys = [
@@ -258,7 +258,7 @@ def test_optimizer_state_of_a_published_flexbert_checkpoint_is_mapped_by_name(tm
     }
     path = tmp_path / "flex.pt"
     torch.save({"state": state}, path)
-    mapped = _composer_optimizer_state(path, trust_pickle=True)
+    mapped = optimizer_state_by_name(path, trust_pickle=True)
     expected = [
         "model.model.embeddings.tok_embeddings.weight",
         "model.model.layers.0.attn.Wqkv.weight",
@@ -271,10 +271,10 @@ def test_optimizer_state_of_a_published_flexbert_checkpoint_is_mapped_by_name(tm
     # a state keyed by parameter index cannot be mapped safely: a clear error
     state["optimizers"]["DecoupledAdamW"]["state"] = {0: dict(moments)}
     torch.save({"state": state}, path)
-    with pytest.raises(TrainSetupError, match="keys its state by parameter index"):
-        _composer_optimizer_state(path, trust_pickle=True)
+    with pytest.raises(CheckpointError, match="keys its state by parameter index"):
+        optimizer_state_by_name(path, trust_pickle=True)
     # a Hugging Face directory has no optimizer state
-    assert _composer_optimizer_state(tmp_path, trust_pickle=False) is None
+    assert optimizer_state_by_name(tmp_path, trust_pickle=False) is None
 
 
 def test_wandb_only_when_enabled_and_offline_without_network(tmp_path, monkeypatch):

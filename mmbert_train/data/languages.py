@@ -29,6 +29,26 @@ class LanguageSetError(ValueError):
     """A language id, language file or counts file is wrong; the message names the file, line or id."""
 
 
+class LanguageNameError(LanguageSetError):
+    """A data folder or argument that should name a language has another form."""
+
+
+def check_language(name: str, where: str = "") -> str:
+    """Return the folder name ``name`` unchanged if it is a language id, else raise :class:`LanguageNameError`."""
+    if not isinstance(name, str) or not LANGUAGE_ID.match(name):
+        place = f" ({where})" if where else ""
+        raise LanguageNameError(
+            f"language folder {name!r}{place} is not a language id: expected a three-letter lowercase "
+            "ISO 639-3 code or 'code', optionally with a script suffix, e.g. 'rus', 'rus_Cyrl', 'code'"
+        )
+    return name
+
+
+def base_language(name: str) -> str:
+    """The language a folder counts toward when sampling by language: ``rus_Cyrl`` -> ``rus``."""
+    return check_language(name).split("_", 1)[0]
+
+
 def normalize_language(name: str, where: str = "") -> str:
     """The language a folder or id counts toward: ``rus_Cyrl`` -> ``rus``, ``code`` -> ``code``.
 

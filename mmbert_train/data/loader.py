@@ -47,7 +47,6 @@ from mmbert_train.data.batching import BatchSizeSchedule
 from mmbert_train.data.masking import (
     DEFAULT_MASK_TOKEN_ID,
     DEFAULT_SPECIAL_IDS,
-    IGNORE_INDEX,
     mask_generator,
     mask_ratio_at,
     mask_tokens,
@@ -55,7 +54,6 @@ from mmbert_train.data.masking import (
 from mmbert_train.data.packing import Row, collate_rows, pack_block, packing_efficiency
 
 if TYPE_CHECKING:
-    from composer.core import DataSpec
     from streaming import StreamingDataset
 
     from mmbert_train.data.spec import DataConfig
@@ -94,11 +92,12 @@ def _block_of_samples(samples: Sequence[Mapping[str, Any]]) -> list[np.ndarray]:
 
 
 def _dist_world() -> tuple[int, int, bool]:
-    """(rank, world_size, torch.distributed usable)."""
-    from composer.utils import dist
-
+    """(rank, world_size, torch.distributed usable): the process group's when there is one, else the launcher's
+    ``RANK`` / ``WORLD_SIZE`` environment variables (as ``composer -n`` and torchrun set them), else (0, 1)."""
     initialized = torch.distributed.is_available() and torch.distributed.is_initialized()
-    return dist.get_global_rank(), dist.get_world_size(), initialized
+    if initialized:
+        return torch.distributed.get_rank(), torch.distributed.get_world_size(), True
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), False
 
 
 def _all_ranks_agree(flag: bool) -> bool:
@@ -354,64 +353,7 @@ class PackedMLMDataset(IterableDataset):
         self.block, self.rows_into_block = mine["block"], mine["rows_into_block"]
 
 
-# ---------------------------------------------------------------------------------------- Composer glue
-def split_packed_batch(batch: Mapping[str, Any], microbatch_size: int | float) -> list[dict[str, Any]]:
-    """Split a packed batch into microbatches of ``microbatch_size`` rows, keeping every tensor aligned.
-
-    Tensors are cut along dim 0; ``doc_lens`` is trimmed to the most documents a microbatch holds; the float
-    metrics are copied to every microbatch.
-    """
-    if isinstance(microbatch_size, float):
-        raise ValueError("packed batches split by whole rows; got a float microbatch size")
-    n = batch["input_ids"].shape[0]
-    out = []
-    for start in range(0, n, int(microbatch_size)):
-        micro: dict[str, Any] = {}
-        for key, value in batch.items():
-            micro[key] = value[start : start + int(microbatch_size)] if torch.is_tensor(value) else value
-        doc_lens = micro.get("doc_lens")
-        if doc_lens is not None and doc_lens.numel():
-            width = int((doc_lens > 0).sum(1).max())
-            micro["doc_lens"] = doc_lens[:, : max(width, 1)]
-        out.append(micro)
-    return out
-
-
-def num_rows_in_batch(batch: Mapping[str, Any]) -> int:
-    return int(batch["input_ids"].shape[0])
-
-
-def num_tokens_in_batch(batch: Mapping[str, Any]) -> dict[str, int]:
-    """Composer's token counts: ``total`` = real (non-padding) tokens, ``loss_generating`` = labelled tokens."""
-    # counted in numpy when the batch is still on the CPU: no torch intra-op thread pool for two reductions
-    mask, labels = batch["attention_mask"], batch["labels"]
-    if mask.device.type == "cpu":
-        return {
-            "total": int(np.count_nonzero(mask.numpy())),
-            "loss_generating": int(np.count_nonzero(labels.numpy() != IGNORE_INDEX)),
-        }
-    return {"total": int(mask.sum()), "loss_generating": int((labels != IGNORE_INDEX).sum())}
-
-
-def make_data_spec(dataset: PackedMLMDataset) -> DataSpec:
-    """Wrap the dataset in a (worker-less) DataLoader and a Composer ``DataSpec``.
-
-    The outer DataLoader runs in the training process so that ``dataloader.dataset`` is the very object that
-    iterates (Composer calls its ``state_dict`` / ``load_state_dict``); reading happens in the inner
-    DataLoader's workers.
-    """
-    from composer.core import DataSpec
-
-    loader = DataLoader(dataset, batch_size=None, num_workers=0)
-    return DataSpec(
-        loader,
-        split_batch=split_packed_batch,
-        get_num_samples_in_batch=num_rows_in_batch,
-        get_num_tokens_in_batch=num_tokens_in_batch,
-    )
-
-
-def build_train_dataloader(
+def build_packed_dataset(
     data_cfg: DataConfig,
     *,
     global_batch_size: int,
@@ -429,8 +371,8 @@ def build_train_dataloader(
     epoch_size: int | None = None,
     clean_shared_memory: bool = True,
     streaming_kwargs: Mapping[str, Any] | None = None,
-) -> DataSpec:
-    """The phase's training ``DataSpec`` (contract 3 batches) from the recipe's ``data:`` section.
+) -> PackedMLMDataset:
+    """The phase's packed, masked training dataset (contract 3 batches) from the recipe's ``data:`` section.
 
     ``global_batch_size``: full global batch in rows (packed sequences); the warmup of ``data_cfg.batch_warmup``
     grows toward it. ``phase_tokens``: the phase's length in tokens, used for the mask-ratio schedule and, via
@@ -492,15 +434,7 @@ def build_train_dataloader(
         rank=rank,
         world_size=world_size,
     )
-    return make_data_spec(dataset)
+    return dataset
 
 
-__all__: list[str] = [
-    "MaskingSpec",
-    "PackedMLMDataset",
-    "build_train_dataloader",
-    "make_data_spec",
-    "num_rows_in_batch",
-    "num_tokens_in_batch",
-    "split_packed_batch",
-]
+__all__: list[str] = ["MaskingSpec", "PackedMLMDataset", "build_packed_dataset"]

@@ -20,11 +20,11 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 
-IGNORE_INDEX = -100
+from mmbert_train.constants import IGNORE_INDEX, MASK_ID, SPECIAL_IDS
 
-# Gemma 2 / mmBERT special ids (docs/architecture.md, contract 2): pad, eos, bos, unk, mask.
-DEFAULT_SPECIAL_IDS: tuple[int, ...] = (0, 1, 2, 3, 4)
-DEFAULT_MASK_TOKEN_ID = 4
+# defaults of the masking functions: Gemma 2 / mmBERT's special ids (mmbert_train.constants)
+DEFAULT_SPECIAL_IDS: tuple[int, ...] = SPECIAL_IDS
+DEFAULT_MASK_TOKEN_ID = MASK_ID
 
 # Fractions of the picked positions (BERT): replaced by <mask>, replaced by a random token; the rest stay.
 MASK_TOKEN_FRACTION = 0.8

@@ -2,15 +2,15 @@
 last checkpoints (mmBERT-small), plain weighted averages. See docs/merging.md.
 
 - :mod:`.methods`: the arithmetic on tensors and state dicts (``ties_merge``, ``linear_merge``, ``ema_merge``);
-- :mod:`.sources`: lazy memory-mapped readers for safetensors / Hugging Face dirs, FSDP (DCP) dirs, Composer files;
+- checkpoints are read through :mod:`mmbert_train.checkpoints` (lazy, memory-mapped);
 - :mod:`.writer`: streamed safetensors output, atomic output directories, tokenizer files;
 - :mod:`.engine`: ``merge_checkpoints``, the streaming merge of checkpoints on disk;
-- :mod:`.cli`: ``mmbert merge`` and the ``MergeConfig`` recipe schema.
+- :mod:`.config`: the ``MergeConfig`` recipe schema and ``run_config`` (``mmbert merge`` is :mod:`mmbert_train.commands.merge`).
 """
 
 from __future__ import annotations
 
-from .cli import MergeConfig, main
+from .config import MergeConfig, run_config
 from .engine import MergeError, merge_checkpoints
 from .methods import ema_merge, ema_weights, linear_merge, ties_merge
 
@@ -20,7 +20,7 @@ __all__ = [
     "ema_merge",
     "ema_weights",
     "linear_merge",
-    "main",
+    "run_config",
     "merge_checkpoints",
     "ties_merge",
 ]

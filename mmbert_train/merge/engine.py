@@ -19,6 +19,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..atomic import atomic_output_dir
+from ..checkpoints import EMBEDDINGS, CheckpointError, hf_config_of, open_checkpoint
 from .methods import (
     DEFAULT_CHUNK_NUMEL,
     check_weights,
@@ -28,7 +29,6 @@ from .methods import (
     linear_chunks,
     ties_chunks,
 )
-from .sources import EMBEDDINGS, CheckpointError, hf_config_of, open_checkpoint
 from .writer import StreamingSafetensorsWriter, copy_tokenizer
 
 METHODS = ("ties", "linear", "ema")

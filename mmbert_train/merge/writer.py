@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .sources import SAFETENSORS_DTYPES
+from ..checkpoints import SAFETENSORS_DTYPES
 
 _DTYPE_NAMES = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items()}
 

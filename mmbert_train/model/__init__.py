@@ -1,4 +1,6 @@
-"""The mmBERT / ModernBERT encoder: config + presets, the model, attention backends and checkpoint I/O.
+"""The mmBERT / ModernBERT encoder: config + presets, the model and its attention backends.
+
+Checkpoint I/O is :mod:`mmbert_train.checkpoints`; ``load_pretrained`` / ``save_pretrained`` are re-exported here.
 
 Public API (Contract 1 in docs/architecture.md)::
 
@@ -14,9 +16,9 @@ __all__ = ["ModelConfig", "MMBertForMaskedLM", "MaskedLMOutput", "load_pretraine
 
 
 def __getattr__(name: str):
-    # Checkpoint I/O pulls in safetensors/transformers helpers; import it on first use only.
+    # Checkpoint I/O lives in mmbert_train.checkpoints (safetensors / transformers helpers); import on first use.
     if name in ("load_pretrained", "save_pretrained"):
-        from . import checkpoints
+        from .. import checkpoints
 
         return getattr(checkpoints, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..constants import IGNORE_INDEX
+
 
 @dataclass
 class TokenLayout:
@@ -188,7 +190,7 @@ def flatten_batch(
         seqlens = doc_lens.flatten()
     else:
         seqlens = row_tokens
-    if labels is not None and bool(((labels != -100) & ~mask).any()):
+    if labels is not None and bool(((labels != IGNORE_INDEX) & ~mask).any()):
         raise ValueError("labels mark a padding position (attention_mask == 0); use -100 there")
     layout = TokenLayout.from_seqlens(seqlens[seqlens > 0], max_seqlen)
     if layout.num_tokens == batch * seq:

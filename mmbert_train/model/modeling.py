@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils import _pytree as pytree
 
+from ..constants import IGNORE_INDEX
 from .attention import ATTENTION_FUNCTIONS, resolve_backend
 from .config import ModelConfig, output_projection_std
 from .layout import FlatBatch, TokenLayout, flatten_batch
@@ -267,7 +268,7 @@ class MMBertForMaskedLM(nn.Module):
             max_seqlen=max_seqlen,
         )
         if labels is not None:
-            selected = batch.labels != -100
+            selected = batch.labels != IGNORE_INDEX
             logits = self.decode(hidden[selected])
             targets = batch.labels[selected]
             if targets.numel():

@@ -112,7 +112,7 @@ class LoadOptimizerState(Callback):
 class HeldoutEval(Callback):
     """Held-out MLM loss and accuracy per language and per group, during training (``data.eval``).
 
-    Scores ``root/<source>/<language>/heldout/`` with `mmbert_train.evaluate` at ONE fixed mask ratio and seed
+    Scores ``root/<source>/<language>/heldout/`` with `mmbert_train.evaluation` at ONE fixed mask ratio and seed
     (the same masked tokens at every evaluation and in every phase), every ``interval`` and at the end of the
     phase. Logs ``eval/<language>/loss``, ``eval/<language>/accuracy`` and ``eval/group/<name>/{loss,accuracy}``
     (token-weighted over the group's languages). Languages without held-out documents are left out. Every rank
@@ -132,7 +132,7 @@ class HeldoutEval(Callback):
         from pathlib import Path
 
         from mmbert_train.data.languages import resolve_language_set
-        from mmbert_train.evaluate import load_heldout, read_manifest
+        from mmbert_train.evaluation import load_heldout, read_manifest
 
         ev = self.data_cfg.eval
         root = Path(self.data_cfg.root)
@@ -164,7 +164,7 @@ class HeldoutEval(Callback):
         )
 
     def _evaluate(self, state: State, logger: Logger) -> None:
-        from mmbert_train.evaluate import evaluate_model
+        from mmbert_train.evaluation import evaluate_model
 
         composer_model = getattr(state.model, "module", state.model)  # DDP wraps the ComposerModel
         model = composer_model.model

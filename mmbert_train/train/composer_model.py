@@ -20,10 +20,10 @@ import torch
 from composer.models import ComposerModel
 from torchmetrics import Metric
 
+from mmbert_train.constants import IGNORE_INDEX
 from mmbert_train.model import MMBertForMaskedLM, ModelConfig
 from mmbert_train.model.modeling import MMBertEncoderLayer
 
-IGNORE_INDEX = -100
 MODEL_INPUTS = ("input_ids", "attention_mask", "labels", "doc_lens", "cu_seqlens", "max_seqlen")
 
 

@@ -13,7 +13,7 @@ import torch
 from composer.core import DataSpec
 from torch.utils.data import DataLoader, IterableDataset
 
-from mmbert_train.data.loader import num_rows_in_batch, num_tokens_in_batch, split_packed_batch
+from mmbert_train.train.dataloader import num_rows_in_batch, num_tokens_in_batch, split_packed_batch
 
 
 def packed_batches(

@@ -12,7 +12,7 @@ import logging
 import os
 import socket
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from composer.core import DataSpec, Evaluator
 from composer.loggers import WandBLogger
 from composer.utils import dist, reproducibility
 
-from mmbert_train.config import Recipe, model_overrides, parse_time, recipe_to_yaml
+from mmbert_train.config import Recipe, model_overrides, recipe_to_yaml
 from mmbert_train.model import MMBertForMaskedLM, ModelConfig
 from mmbert_train.train.callbacks import (
     BatchMetricsLogger,
@@ -100,43 +100,6 @@ def parallelism_config(recipe: Recipe, device: str, world_size: int) -> dict[str
 # -------------------------------------------------------------------------------------------------- model
 
 
-def _composer_optimizer_state(path: Path, trust_pickle: bool) -> dict[str, Any] | None:
-    """The optimizer state of a Composer checkpoint, keyed by our parameter names (``model.<HF key>``), or None
-    when the source has none (a Hugging Face directory, a weights-only checkpoint)."""
-    from mmbert_train.model import checkpoints
-
-    if path.is_dir():
-        return None
-    checkpoint = checkpoints.load_pickle(path, trust_pickle=trust_pickle)
-    state = checkpoint.get("state", {}) if isinstance(checkpoint, Mapping) else {}
-    optimizers = state.get("optimizers") or {}
-    if not optimizers:
-        return None
-    if len(optimizers) != 1:
-        raise TrainSetupError(f"{path}: expected one optimizer state, found {sorted(optimizers)}")
-    ((name, optim_state),) = optimizers.items()
-    per_param = optim_state.get("state", {})
-    if per_param and not all(isinstance(k, str) for k in per_param):
-        raise TrainSetupError(
-            f"{path}: optimizer {name!r} keys its state by parameter index, not by name, so it cannot be mapped "
-            "onto this model safely; set init_from.load_optimizer_state=false"
-        )
-    to_hf = checkpoints.composer_to_hf_keys(state["model"], f"{path}: state['model']")
-    to_hf = {checkpoints.strip_wrappers(k): v for k, v in to_hf.items()}
-
-    def our_name(key: str) -> str | None:  # optimizer keys may carry wrappers (DDP, compile) of their own
-        hf_key = to_hf.get(checkpoints.strip_wrappers(key))
-        return None if hf_key is None else "model." + hf_key
-
-    renamed = {our_name(k): v for k, v in per_param.items() if our_name(k) is not None}
-    groups = []
-    for group in optim_state.get("param_groups", []):
-        group = dict(group)
-        group["params"] = [our_name(k) for k in group.get("params", []) if our_name(k) is not None]
-        groups.append(group)
-    return {"state": renamed, "param_groups": groups}
-
-
 def build_model(recipe: Recipe) -> tuple[MMBertForMaskedLM, dict[str, Any] | None]:
     """A new model from the preset, or the ``init_from`` checkpoint's weights with the recipe's overrides
     (e.g. the new RoPE theta); also the checkpoint's optimizer state when the recipe asks for it."""
@@ -146,7 +109,7 @@ def build_model(recipe: Recipe) -> tuple[MMBertForMaskedLM, dict[str, Any] | Non
             recipe.trainer.seed
         )  # the same initial weights on every rank and every rerun
         return MMBertForMaskedLM(recipe.model_config), None
-    from mmbert_train.model import load_pretrained
+    from mmbert_train.checkpoints import load_pretrained, optimizer_state_by_name
 
     path = Path(init.path)
     if not path.exists():
@@ -165,7 +128,7 @@ def build_model(recipe: Recipe) -> tuple[MMBertForMaskedLM, dict[str, Any] | Non
             )
     optim_state = None
     if init.load_optimizer_state:
-        optim_state = _composer_optimizer_state(path, init.trust_pickle)
+        optim_state = optimizer_state_by_name(path, init.trust_pickle)
         if optim_state is None:
             log.warning("init_from %s holds no optimizer state; the optimizer starts fresh", init.path)
     return model, optim_state
@@ -174,24 +137,15 @@ def build_model(recipe: Recipe) -> tuple[MMBertForMaskedLM, dict[str, Any] | Non
 # --------------------------------------------------------------------------------------------------- data
 
 
-def phase_tokens(recipe: Recipe) -> int | None:
-    value, unit = parse_time(recipe.trainer.max_duration)
-    if unit == "tok":
-        return int(value)
-    if unit == "ba":
-        return int(value * recipe.trainer.global_batch_size * recipe.data.max_seq_len)
-    return None
-
-
 def build_train_data(recipe: Recipe, model_config: ModelConfig) -> DataSpec:
-    from mmbert_train.data.loader import build_train_dataloader
+    from mmbert_train.train.dataloader import build_train_dataloader
 
     return build_train_dataloader(
         recipe.data,
         global_batch_size=recipe.trainer.global_batch_size,
         vocab_size=model_config.vocab_size,
         device_microbatch_size=recipe.trainer.device_microbatch_size,
-        phase_tokens=phase_tokens(recipe),
+        phase_tokens=recipe.phase_tokens(),
         mask_token_id=model_config.mask_token_id,
         pad_id=model_config.pad_token_id,
     )

@@ -10,7 +10,7 @@ What a merge or an export can read:
 - a sharded (FSDP) checkpoint directory as Composer writes it with ``torch.distributed.checkpoint`` (a
   ``.metadata`` file plus ``__<rank>_0.distcp`` shards): :class:`DcpStateDict` loads one tensor per access.
 - anything else (our Composer ``.pt`` files, published Composer checkpoints with FlexBert names,
-  ``pytorch_model.bin``): ``mmbert_train.model.checkpoints.open_state_dict``.
+  ``pytorch_model.bin``): ``mmbert_train.checkpoints.formats.open_state_dict``.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from .errors import CheckpointError
 
 SAFETENSORS_DTYPES = {
     "F64": torch.float64,
@@ -43,10 +45,6 @@ SAFETENSORS_DTYPES = {
 
 TIED_DECODER = "decoder.weight"  # alias of the token embeddings; never a separate tensor in our key space
 EMBEDDINGS = "model.embeddings.tok_embeddings.weight"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint cannot be read as asked; the message names the file (and the tensor)."""
 
 
 class SafetensorsStateDict(Mapping[str, Tensor]):
@@ -151,7 +149,7 @@ class DcpStateDict(Mapping[str, Tensor]):
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
-        from mmbert_train.model.checkpoints import flexbert_to_hf_key
+        from .formats import flexbert_to_hf_key
 
         self.path = path
         try:
@@ -220,10 +218,8 @@ def open_checkpoint(
         return SafetensorsStateDict.from_path(path)
     if is_dcp_dir(path):
         return DcpStateDict(path)
-    try:
-        from mmbert_train.model.checkpoints import open_state_dict
-    except ImportError as err:
-        raise CheckpointError(f"{role} {path}: cannot read this format here ({err})") from None
+    from .formats import open_state_dict
+
     return open_state_dict(path, trust_pickle=trust_pickle)
 
 
@@ -243,11 +239,35 @@ def hf_config_of(
         from mmbert_train.model import ModelConfig
 
         return ModelConfig.from_dict(fields).to_hf_dict()
-    try:
-        from mmbert_train.model.checkpoints import read_model_config
-    except ImportError:
-        return None
+    from .formats import read_model_config
+
     return read_model_config(path, trust_pickle=trust_pickle).to_hf_dict()
+
+
+def load_checkpoint(path: str | Path, *, trust_pickle: bool = False):
+    """Our ``MMBertForMaskedLM`` (fp32, eval mode) from any checkpoint ``mmbert export`` accepts."""
+    import torch
+
+    from .formats import MMBertForMaskedLM, ModelConfig, check_state_dict, load_pretrained
+
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if not is_dcp_dir(path):
+        return load_pretrained(path, trust_pickle=trust_pickle)
+    state = DcpStateDict(path)
+    fields = state.model_config()
+    if fields is None:
+        raise CheckpointError(
+            f"{path}: this sharded checkpoint has no ModelConfigRecorder state "
+            "(state.callbacks.ModelConfigRecorder.model_config), so its architecture is unknown"
+        )
+    with torch.device("meta"):
+        model = MMBertForMaskedLM(ModelConfig.from_dict(fields))
+    check_state_dict(model, state, str(path))
+    model.to_empty(device="cpu")
+    model.load_state_dict({key: state[key].to(torch.float32) for key in state}, strict=True)
+    return model.eval()
 
 
 _BATCH = re.compile(r"ba(\d+)")

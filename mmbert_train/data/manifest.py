@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from data_prep.languages import LanguageNameError, check_language
+from mmbert_train.data.languages import LanguageNameError, check_language
 
 MANIFEST_NAME = "manifest.json"
 COUNT_KEYS = ("documents", "samples", "tokens", "skipped", "heldout_documents")

@@ -19,36 +19,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from mmbert_train.merge.sources import CheckpointError, DcpStateDict, is_dcp_dir
+from mmbert_train.checkpoints import CheckpointError, load_checkpoint
 from mmbert_train.merge.writer import TOKENIZER_FILES
-
-
-def load_checkpoint(path: str | Path, *, trust_pickle: bool = False):
-    """Our ``MMBertForMaskedLM`` (fp32, eval mode) from any checkpoint ``mmbert export`` accepts."""
-    import torch
-
-    from mmbert_train.model import MMBertForMaskedLM, ModelConfig, load_pretrained
-
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    if not is_dcp_dir(path):
-        return load_pretrained(path, trust_pickle=trust_pickle)
-    state = DcpStateDict(path)
-    fields = state.model_config()
-    if fields is None:
-        raise CheckpointError(
-            f"{path}: this sharded checkpoint has no ModelConfigRecorder state "
-            "(state.callbacks.ModelConfigRecorder.model_config), so its architecture is unknown"
-        )
-    from mmbert_train.model.checkpoints import check_state_dict
-
-    with torch.device("meta"):
-        model = MMBertForMaskedLM(ModelConfig.from_dict(fields))
-    check_state_dict(model, state, str(path))
-    model.to_empty(device="cpu")
-    model.load_state_dict({key: state[key].to(torch.float32) for key in state}, strict=True)
-    return model.eval()
 
 
 def _find_tokenizer(checkpoint: Path, tokenizer: str | Path | None):

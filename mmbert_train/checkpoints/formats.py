@@ -35,8 +35,9 @@ from typing import Any
 import torch
 
 from ..atomic import atomic_output_dir
-from .config import ModelConfig
-from .modeling import MMBertForMaskedLM
+from ..model.config import ModelConfig
+from ..model.modeling import MMBertForMaskedLM
+from .errors import CheckpointError
 
 HF_CONFIG = "config.json"
 HF_SAFETENSORS = "model.safetensors"
@@ -59,10 +60,6 @@ FLEXBERT_CONFIG_KEYS = {
     "max_position_embeddings": "max_position_embeddings",
     "pad_token_id": "pad_token_id",
 }
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read as an mmBERT encoder; the message names the file and the problem."""
 
 
 # ---- lazy state-dict views ---------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""`mmbert merge`: a merge recipe (``recipes/{small,base}_merge.yaml``) or the same settings as flags.
+"""``mmbert merge``: a merge recipe (``recipes/{small,base}_merge.yaml``) or the same settings as flags.
 
 mmbert merge recipes/base_merge.yaml [key=value ...]
 mmbert merge --method ties --base A --models B C D --density 0.5 --out DIR
@@ -8,91 +8,12 @@ mmbert merge --method ema --models 'runs/small-decay-all/ep*-ba*-rank0.pt' --las
 from __future__ import annotations
 
 import argparse
-import glob
 import sys
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Literal
 
-from .engine import MergeError, merge_checkpoints
-from .methods import DEFAULT_CHUNK_NUMEL
-from .sources import CheckpointError, checkpoint_order
-
-_GLOB_CHARS = set("*?[")
-
-
-@dataclass
-class MergeConfig:
-    """A merge recipe. Paths are relative to the directory ``mmbert merge`` runs in.
-
-    ``models`` are the checkpoints to merge; for ``ema`` (and ``linear``) entries may be glob patterns, whose
-    matches are ordered by Composer's batch count (``ep0-ba4000-rank0.pt``), oldest first, and ``last`` keeps the
-    newest ``last`` of them. ``weights`` go with ``models`` (TIES normalises them per entry by the models that
-    agree; ``linear`` by their sum); ``ema`` sets them to ``beta^(N-k)``.
-    """
-
-    method: Literal["ties", "linear", "ema"]
-    models: list[str]
-    out: str
-    base: str | None = None
-    density: float = 0.5
-    weights: list[float] | None = None
-    scale: float = 1.0
-    beta: float = 0.5
-    last: int | None = None
-    dtype: Literal["float32", "bfloat16", "float16"] | None = None
-    tokenizer: str | None = None
-    trust_pickle: bool = False
-
-    def __post_init__(self) -> None:
-        if self.last is not None and self.last < 1:
-            raise ValueError(f"last must be >= 1, got {self.last}")
-        if self.method == "ties" and self.base is None:
-            raise ValueError("method 'ties' needs `base` (the checkpoint the task vectors are taken against)")
-
-
-def expand_models(patterns: list[str], last: int | None) -> list[str]:
-    """Glob patterns expanded (matches in training order), then the newest ``last`` entries."""
-    paths: list[str] = []
-    for pattern in patterns:
-        if _GLOB_CHARS & set(pattern):
-            matches = sorted((Path(p) for p in glob.glob(pattern)), key=checkpoint_order)
-            if not matches:
-                raise MergeError(f"no checkpoint matches {pattern!r}")
-            paths.extend(str(p) for p in matches)
-        else:
-            paths.append(pattern)
-    if last is not None:
-        if last > len(paths):
-            raise MergeError(f"last: {last} asks for more checkpoints than the {len(paths)} given: {paths}")
-        paths = paths[-last:]
-    return paths
-
-
-def run_config(
-    config: MergeConfig, *, overwrite=False, progress=True, chunk_numel=DEFAULT_CHUNK_NUMEL
-) -> Path:
-    models = expand_models(config.models, config.last)
-    weights = config.weights
-    if weights is not None and config.last is not None and len(weights) != len(models):
-        raise MergeError(f"{len(weights)} weights for the {len(models)} models left after last={config.last}")
-    return merge_checkpoints(
-        method=config.method,
-        models=models,
-        out=config.out,
-        base=config.base,
-        density=config.density,
-        weights=weights,
-        scale=config.scale,
-        beta=config.beta,
-        dtype=config.dtype,
-        tokenizer=config.tokenizer,
-        trust_pickle=config.trust_pickle,
-        overwrite=overwrite,
-        chunk_numel=chunk_numel,
-        progress=progress,
-        record=asdict(config),
-    )
+from mmbert_train.checkpoints import CheckpointError
+from mmbert_train.merge.config import MergeConfig, run_config
+from mmbert_train.merge.engine import MergeError
+from mmbert_train.merge.methods import DEFAULT_CHUNK_NUMEL
 
 
 def _parser() -> argparse.ArgumentParser:
