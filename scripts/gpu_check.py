@@ -91,7 +91,8 @@ def write_synthetic_mds(
     import numpy as np
     from streaming import MDSWriter
 
-    from data_prep.manifest import make_manifest, write_json_atomic
+    from mmbert_train.atomic import atomic_write_json
+    from mmbert_train.data.manifest import make_manifest
 
     rng = np.random.default_rng(seed)
     counts: dict[str, dict[str, int]] = {}
@@ -114,7 +115,7 @@ def write_synthetic_mds(
                         stats["tokens"] += n
         counts[lang] = stats
     root.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(
+    atomic_write_json(
         root / "manifest.json", make_manifest("synthetic", max_seq_len, {SYNTHETIC_SOURCE: counts})
     )
     return root
@@ -215,7 +216,7 @@ def _dynamo_counts() -> dict[str, int]:
     }
 
 
-def run_training(part: str, dry_run: bool, out: Path) -> dict[str, Any]:
+def run_training(part: str, dry_run: bool, out: Path, compile_model: bool = True) -> dict[str, Any]:
     import torch
     from composer.core import Callback, Event
 
@@ -244,7 +245,7 @@ def run_training(part: str, dry_run: bool, out: Path) -> dict[str, Any]:
         f"trainer.max_duration={s['steps']}ba",
         f"trainer.global_batch_size={s['rows']}",
         f"trainer.device_microbatch_size={s['rows']}",
-        "trainer.compile=true",
+        f"trainer.compile={str(compile_model).lower()}",
         "trainer.save_folder=null",
         "trainer.autoresume=false",
         "trainer.progress_bar=false",
@@ -397,11 +398,11 @@ def versions() -> dict[str, str | None]:
     return found
 
 
-def run_part(part: str, dry_run: bool, out: Path, limit: float) -> dict[str, Any]:
+def run_part(part: str, dry_run: bool, out: Path, limit: float, compile_model: bool = True) -> dict[str, Any]:
     if part == "parity":
         return run_parity(dry_run)
     if part.startswith("train_"):
-        return run_training(part, dry_run, out)
+        return run_training(part, dry_run, out, compile_model)
     if part == "throughput":
         return run_throughput(dry_run, limit)
     if part == "gpu_tests":
@@ -409,13 +410,15 @@ def run_part(part: str, dry_run: bool, out: Path, limit: float) -> dict[str, Any
     raise ValueError(f"unknown part {part!r}; choose from {', '.join(PARTS)}")
 
 
-def _child(part: str, dry_run: bool, out: Path, limit: float) -> dict[str, Any]:
+def _child(part: str, dry_run: bool, out: Path, limit: float, compile_model: bool) -> dict[str, Any]:
     """Run ``part`` in a child process (its own CUDA context and memory peak), at most ``limit`` seconds."""
     result_file = out / f"part_{part}.json"
     result_file.unlink(missing_ok=True)
     cmd = [sys.executable, __file__, "--part", part, "--out", str(out), "--limit", str(limit)]
     if dry_run:
         cmd.append("--dry-run")
+    if not compile_model:
+        cmd.append("--no-compile")
     env = dict(os.environ, PYTHONPATH=str(ROOT), WANDB_MODE="disabled", HF_HUB_OFFLINE="1")
     start = time.monotonic()
     try:
@@ -480,16 +483,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--budget", type=float, default=BUDGET_S, help="seconds for all parts (GPU; default 480)"
     )
+    parser.add_argument(
+        "--no-compile",
+        dest="compile",
+        action="store_false",
+        help="train without torch.compile (default: compiled)",
+    )
     parser.add_argument("--part", choices=PARTS, help=argparse.SUPPRESS)  # child process
     parser.add_argument("--limit", type=float, default=0.0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    from data_prep.manifest import write_json_atomic
+    from mmbert_train.atomic import atomic_write_json, atomic_write_text
 
     if args.part:  # child: one part, result as JSON next to the report
-        result = run_part(args.part, args.dry_run, out, args.limit)
-        write_json_atomic(out / f"part_{args.part}.json", result)
+        result = run_part(args.part, args.dry_run, out, args.limit, args.compile)
+        atomic_write_json(out / f"part_{args.part}.json", result)
         return 0
 
     import torch
@@ -507,6 +516,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": platform.node(),
         "versions": versions(),
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "compile": args.compile,
         "parts": {},
     }
     start = time.monotonic()
@@ -523,11 +533,11 @@ def main(argv: list[str] | None = None) -> int:
             continue
         limit = limits[part] if args.dry_run else min(limits[part], left)
         print(f"gpu-check: {part} (at most {limit:.0f} s) ...", file=sys.stderr, flush=True)
-        report["parts"][part] = _child(part, args.dry_run, out, limit)
+        report["parts"][part] = _child(part, args.dry_run, out, limit, args.compile)
     report["seconds"] = time.monotonic() - start
-    write_json_atomic(out / "gpu_check.json", report)
+    atomic_write_json(out / "gpu_check.json", report)
     table = format_table(report)
-    (out / "gpu_check.md").write_text(table + "\n")
+    atomic_write_text(out / "gpu_check.md", table + "\n")
     print(table)
     skipped = [
         f"{p} ({r['reason'].splitlines()[0]})" for p, r in report["parts"].items() if r["status"] == "skipped"

@@ -160,7 +160,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--title", help="plot title")
     memory = p.add_argument_group("memory (--memory: peak memory per GPU instead of the sampling plan)")
     memory.add_argument("--memory", action="store_true", help="estimate each recipe's peak memory per rank")
-    memory.add_argument("--gpu-memory", help="memory of one GPU, e.g. 80GB or 80GiB (default: trainer.gpu_memory)")
+    memory.add_argument(
+        "--gpu-memory", help="memory of one GPU, e.g. 80GB or 80GiB (default: trainer.gpu_memory)"
+    )
     memory.add_argument("--world-size", type=int, default=8, help="GPUs (default 8, as the paper)")
     memory.add_argument("--headroom", type=float, default=None, help="share of the memory kept free (0.1)")
     memory.add_argument("--head", choices=("chunked", "plain"), default="chunked", help="MLM loss (chunked)")
