@@ -69,6 +69,7 @@ __all__ = [
     "estimate_step_memory",
     "format_bytes",
     "largest_microbatch",
+    "model_head",
     "parse_memory",
     "plan_recipe",
     "setup_from_recipe",
@@ -403,9 +404,14 @@ def largest_microbatch(
     return lo
 
 
-def setup_from_recipe(recipe, world_size: int, *, head: Head = "chunked", backend: Backend | None = None):
+def model_head(config: ModelConfig) -> Head:
+    """The MLM loss the model computes in training: chunked when it has a ``loss_chunk_size``, else plain."""
+    return "chunked" if getattr(config, "loss_chunk_size", None) else "plain"
+
+
+def setup_from_recipe(recipe, world_size: int, *, head: Head | None = None, backend: Backend | None = None):
     """The `TrainingSetup` a recipe runs with on ``world_size`` GPUs (precision auto = amp_bf16 on a GPU;
-    attention auto = flash, the backend of the paper's runs; chunk size from the model when it has one)."""
+    attention auto = flash, the backend of the paper's runs; head None = the model's own, `model_head`)."""
     trainer = recipe.trainer
     model = recipe.model_config
     precision = "amp_bf16" if trainer.precision == "auto" else trainer.precision
@@ -415,6 +421,7 @@ def setup_from_recipe(recipe, world_size: int, *, head: Head = "chunked", backen
     if backend is None:
         backend = "flash" if model.attn_backend == "auto" else model.attn_backend
     chunk = getattr(model, "loss_chunk_size", None) or DEFAULT_CHUNK_SIZE
+    head = head or model_head(model)
     return TrainingSetup(
         precision=precision,
         parallelism=parallelism,
@@ -434,7 +441,7 @@ def plan_recipe(
     memory: int | str | None = None,
     world_size: int = 8,
     headroom: float = DEFAULT_HEADROOM,
-    head: Head = "chunked",
+    head: Head | None = None,
     backend: Backend | None = None,
 ) -> MemoryPlan:
     """Estimate a recipe's peak at its ``trainer.device_microbatch_size`` (None: the whole per-rank batch) on

@@ -135,7 +135,7 @@ def test_plan_of_a_shipped_recipe_names_its_terms():
     from mmbert_train.config import load_recipe
 
     recipe = load_recipe(ROOT / "recipes" / "base_midtrain.yaml")
-    plan = plan_recipe(recipe, memory="80GB", world_size=8)
+    plan = plan_recipe(recipe, memory="80GB", world_size=8, head="chunked")
     assert plan.setup.parallelism == "fsdp" and plan.setup.precision == "amp_bf16"
     assert plan.seq_len == 8192 and plan.microbatch == recipe.trainer.device_microbatch_size
     assert plan.fits and plan.max_microbatch >= plan.microbatch
@@ -143,7 +143,9 @@ def test_plan_of_a_shipped_recipe_names_its_terms():
     text = plan.format()
     assert "largest microbatch that fits" in text and "dominant: activations (layers)" in text
     # a fraction of the memory fits fewer rows
-    assert plan_recipe(recipe, memory="40GB", world_size=8).max_microbatch < plan.max_microbatch
+    assert plan_recipe(recipe, memory="40GB", world_size=8, head="chunked").max_microbatch < plan.max_microbatch
+    # the plain loss holds all masked tokens' logits: fewer rows fit
+    assert plan_recipe(recipe, memory="80GB", world_size=8, head="plain").max_microbatch < plan.max_microbatch
 
 
 def _config_cli(capsys, *args: str) -> tuple[int, str]:
@@ -161,7 +163,7 @@ def test_config_warns_when_the_microbatch_cannot_fit(capsys):
     assert f"warning: {where}: trainer.device_microbatch_size 1024 x 1024 tokens needs about" in err
     assert "more than trainer.gpu_memory 80GB leaves after 10% headroom (72.0 GB)" in err
     assert "the largest microbatch that fits is" in err
-    code, err = _config_cli(capsys, "recipes/base_pretrain.yaml")
+    code, err = _config_cli(capsys, "recipes/base_pretrain.yaml", "trainer.device_microbatch_size=8")
     assert code == 0 and "warning" not in err
     # the recipe names the memory it is sized for
     code, err = _config_cli(capsys, "recipes/base_pretrain.yaml", "trainer.gpu_memory=24GB")

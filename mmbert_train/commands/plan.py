@@ -165,7 +165,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     memory.add_argument("--world-size", type=int, default=8, help="GPUs (default 8, as the paper)")
     memory.add_argument("--headroom", type=float, default=None, help="share of the memory kept free (0.1)")
-    memory.add_argument("--head", choices=("chunked", "plain"), default="chunked", help="MLM loss (chunked)")
+    memory.add_argument("--head", choices=("chunked", "plain"), help="MLM loss (default: the model's own)")
     memory.add_argument("--backend", choices=("flash", "flex", "sdpa", "eager"), help="attention (flash)")
     return p
 
