@@ -19,7 +19,7 @@ endif
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-slow test-all lint smoke gpu-check experiment clean
+.PHONY: install test test-slow test-all lint smoke gpu-check wheelhouse experiment clean
 
 install: $(STAMP)
 
@@ -71,6 +71,17 @@ smoke: $(STAMP)
 GPU_CHECK_ARGS ?=
 gpu-check: $(STAMP)
 	$(PY) scripts/gpu_check.py $(GPU_CHECK_ARGS)
+
+# Wheels for an offline GPU machine that already carries torch and transformers (docs/benchmarks.md, "GPU
+# check"): every package of this stack except torch, torchvision, triton, the CUDA libraries, transformers and
+# its own dependencies, pinned as installed here, plus this package; install there with --no-index --no-deps.
+WHEELHOUSE ?= build/wheelhouse
+IMAGE_PACKAGES := torch|torchvision|triton|nvidia-.*|cuda-.*|transformers|tokenizers|safetensors|huggingface-hub|hf-xet|numpy|filelock|fsspec|jinja2|markupsafe|mpmath|networkx|sympy|typing-extensions|setuptools
+wheelhouse: $(STAMP)
+	mkdir -p $(WHEELHOUSE)
+	$(PY) -m pip freeze --exclude-editable | grep -v -i -E '^($(IMAGE_PACKAGES))==' > $(WHEELHOUSE)/requirements.txt
+	$(PY) -m pip download -q --no-deps -d $(WHEELHOUSE) -r $(WHEELHOUSE)/requirements.txt
+	$(PY) -m pip wheel -q --no-deps -w $(WHEELHOUSE) .
 
 # The decay-languages experiment on the UDHR (docs/experiments/decay_languages.md): pretrain -> midtrain -> three
 # decays -> TIES merge for seeds 21, 22, 23 (two at a time), held-out scoring, report + plot. ~15 min per seed on
