@@ -17,8 +17,9 @@ reported and the others still run):
 Writes ``OUT/gpu_check.json`` (one document: versions, every part's status, figures and reason when skipped)
 and prints a short table (also ``OUT/gpu_check.md``). Exit status 1 when a part failed.
 
-``--dry-run`` runs the same parts on the CPU at tiny shapes (fp32, a few steps, 128 / 256 tokens), skipping only
-what needs CUDA (flash-attn, bf16 autocast, the GPU benchmark itself), so that the one GPU run works first time.
+``--dry-run`` runs the same parts on the CPU at tiny shapes (fp32 training, a few steps, 128 / 256 tokens; parity
+in bf16 autocast), skipping only what needs CUDA (flash-attn, compiled FlexAttention, the GPU benchmark itself),
+so that the one GPU run works first time; it trains without torch.compile unless ``--compile`` is given.
 
     python scripts/gpu_check.py                          # on the GPU machine (STACK=current: torch 2.11 there)
     python scripts/gpu_check.py --dry-run --out build/gpu_check_dry
@@ -417,8 +418,7 @@ def _child(part: str, dry_run: bool, out: Path, limit: float, compile_model: boo
     cmd = [sys.executable, __file__, "--part", part, "--out", str(out), "--limit", str(limit)]
     if dry_run:
         cmd.append("--dry-run")
-    if not compile_model:
-        cmd.append("--no-compile")
+    cmd.append("--compile" if compile_model else "--no-compile")
     env = dict(os.environ, PYTHONPATH=str(ROOT), WANDB_MODE="disabled", HF_HUB_OFFLINE="1")
     start = time.monotonic()
     try:
@@ -484,14 +484,16 @@ def main(argv: list[str] | None = None) -> int:
         "--budget", type=float, default=BUDGET_S, help="seconds for all parts (GPU; default 480)"
     )
     parser.add_argument(
-        "--no-compile",
-        dest="compile",
-        action="store_false",
-        help="train without torch.compile (default: compiled)",
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="train with torch.compile (default: on the GPU yes, in a dry run no: inductor on CPU is slow)",
     )
     parser.add_argument("--part", choices=PARTS, help=argparse.SUPPRESS)  # child process
     parser.add_argument("--limit", type=float, default=0.0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.compile is None:
+        args.compile = not args.dry_run
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     from mmbert_train.atomic import atomic_write_json, atomic_write_text

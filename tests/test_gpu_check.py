@@ -29,7 +29,9 @@ def test_synthetic_mds_is_a_valid_corpus(tmp_path):
     from mmbert_train.data.manifest import load_manifest
 
     gpu_check = _load_script()
-    root = gpu_check.write_synthetic_mds(tmp_path / "mds", max_seq_len=256, tokens_per_language=2000, vocab=500)
+    root = gpu_check.write_synthetic_mds(
+        tmp_path / "mds", max_seq_len=256, tokens_per_language=2000, vocab=500
+    )
     manifest = load_manifest(root / "manifest.json")
     assert manifest["max_seq_len"] == 256
     for lang in gpu_check.SYNTHETIC_LANGUAGES:
