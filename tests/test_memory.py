@@ -143,7 +143,9 @@ def test_plan_of_a_shipped_recipe_names_its_terms():
     text = plan.format()
     assert "largest microbatch that fits" in text and "dominant: activations (layers)" in text
     # a fraction of the memory fits fewer rows
-    assert plan_recipe(recipe, memory="40GB", world_size=8, head="chunked").max_microbatch < plan.max_microbatch
+    assert (
+        plan_recipe(recipe, memory="40GB", world_size=8, head="chunked").max_microbatch < plan.max_microbatch
+    )
     # the plain loss holds all masked tokens' logits: fewer rows fit
     assert plan_recipe(recipe, memory="80GB", world_size=8, head="plain").max_microbatch < plan.max_microbatch
 
