@@ -123,7 +123,8 @@ def test_save_pretrained_writes_a_tokenizer_and_replaces_an_existing_export(tmp_
     vocab = {t: i for i, t in enumerate(["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "hello", "world"])}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    model = MMBertForMaskedLM(ModelConfig.preset("tiny"))
+    tok.add_special_tokens(["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"])
+    model = MMBertForMaskedLM(ModelConfig.preset("tiny", vocab_size=8))
     (tmp_path / "export").mkdir()
     (tmp_path / "export" / "stale.txt").write_text("old")
     out = save_pretrained(model, tmp_path / "export", tokenizer=tok)

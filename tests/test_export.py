@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from data_prep.testing import make_tokenizer
-from mmbert_train.checkpoints import load_checkpoint
+from mmbert_train.checkpoints import CheckpointError, load_pretrained
 from mmbert_train.commands.export import export, fill_mask_main
 from mmbert_train.commands.export import main as export_main
 from mmbert_train.merge.testing import write_dcp_checkpoint
@@ -130,8 +130,15 @@ def test_export_errors(setup, tmp_path, capsys):
 
     bare = tmp_path / "bare"
     dcp.save(
-        {"state": {"model": {"model.decoder.bias": torch.zeros(4)}}},
+        {
+            "state": {
+                "model": {
+                    "model.decoder.bias": torch.zeros(4),
+                    "model.model.final_norm.weight": torch.ones(4),
+                }
+            }
+        },
         storage_writer=dcp.FileSystemWriter(str(bare)),
     )
-    with pytest.raises(ValueError, match="no ModelConfigRecorder state"):
-        load_checkpoint(bare)
+    with pytest.raises(CheckpointError, match="no ModelConfigRecorder state"):
+        load_pretrained(bare)

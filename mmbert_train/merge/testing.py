@@ -46,9 +46,9 @@ def write_hf_dir(
     save_file({k: v.contiguous() for k, v in state.items()}, str(out / "model.safetensors"), {"format": "pt"})
     (out / "config.json").write_text(json.dumps(config.to_hf_dict(), indent=2))
     if tokenizer is not None:
-        from .writer import copy_tokenizer
+        from mmbert_train.checkpoints import write_tokenizer
 
-        copy_tokenizer(Path(tokenizer), out)
+        write_tokenizer(Path(tokenizer), out, config)
     return out
 
 
