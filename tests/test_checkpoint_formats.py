@@ -20,7 +20,7 @@ from mmbert_train.checkpoints import CheckpointError, detect_format, load_pretra
 from mmbert_train.commands.export import export, fill_mask_main
 from mmbert_train.commands.export import main as export_main
 from mmbert_train.commands.merge import main as merge_main
-from mmbert_train.merge.testing import write_dcp_checkpoint
+from mmbert_train.merge.testing import write_composer_checkpoint, write_dcp_checkpoint
 from mmbert_train.model import MMBertForMaskedLM, ModelConfig, save_pretrained
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -89,17 +89,7 @@ def setup(tmp_path_factory):
         {"state": {"model": flex_state, "integrations": {"huggingface": {"model": {"config": {"content": flex_content}}}}}},
         paths["flexbert"],
     )  # fmt: skip
-    paths["ours"] = root / "ep0-ba10-rank0.pt"
-    torch.save(
-        {
-            "state": {
-                "model": {"model." + k: v for k, v in state.items()},
-                "callbacks": {"ModelConfigRecorder": {"model_config": config.to_dict()}},
-            },
-            "rng": [],
-        },
-        paths["ours"],
-    )
+    paths["ours"] = write_composer_checkpoint(root / "ep0-ba10-rank0.pt", config, state)
     paths["dcp"] = write_dcp_checkpoint(root / "ep0-ba10", config, state)
     return {
         "root": root,
@@ -244,6 +234,19 @@ def test_truncated_pt_says_truncated_not_trust_pickle(setup, tmp_path, capsys):
     text.write_text("not a checkpoint at all\n")
     with pytest.raises(CheckpointError, match="truncated or not a PyTorch checkpoint"):
         load_pretrained(text)
+
+
+def test_sharded_checkpoint_with_a_missing_shard_or_metadata_is_named(setup, tmp_path):
+    import shutil
+
+    broken = shutil.copytree(setup["dcp"], tmp_path / "ep0-ba10")
+    for shard in broken.glob("*.distcp"):
+        shard.unlink()
+    with pytest.raises(CheckpointError, match=r"ep0-ba10: cannot read .* \(a shard missing or truncated\?\)"):
+        load_pretrained(broken)
+    (broken / ".metadata").unlink()
+    with pytest.raises(CheckpointError, match="ep0-ba10: not a checkpoint directory"):
+        load_pretrained(broken)
 
 
 def test_fill_mask_on_a_checkpoint_without_tokenizer_is_a_clear_error(setup, capsys):

@@ -14,6 +14,7 @@ from mmbert_train.merge import MergeError, linear_merge, merge_checkpoints, ties
 from mmbert_train.merge.testing import (
     random_state,
     save_with_transformers,
+    write_composer_checkpoint,
     write_dcp_checkpoint,
     write_hf_dir,
 )
@@ -232,25 +233,18 @@ def test_shipped_recipes_run_on_checkpoints_named_like_ours(hf_dirs, tmp_path, m
 
 def test_composer_checkpoints_merge_with_config_tokenizer_and_progress(tmp_path, capsys):
     """Our Composer .pt files (keys "model." + HF key, config in ModelConfigRecorder) as merge inputs."""
+    from tokenizers import Tokenizer
+
     from data_prep.testing import make_tokenizer
 
     tokenizer = make_tokenizer(tmp_path / "tokenizer")
-    from tokenizers import Tokenizer
-
     vocab = Tokenizer.from_file(str(tokenizer / "tokenizer.json")).get_vocab_size(with_added_tokens=True)
     config = ModelConfig.preset("tiny", vocab_size=vocab, global_rope_theta=160000.0)
     states = [random_state(config, seed) for seed in range(3)]
-    paths = []
-    for i, state in enumerate(states):
-        path = tmp_path / f"ep0-ba{(i + 1) * 100}-rank0.pt"
-        checkpoint = {
-            "state": {
-                "model": {"model." + k: v for k, v in state.items()},
-                "callbacks": {"ModelConfigRecorder": {"model_config": config.to_dict()}},
-            }
-        }
-        torch.save(checkpoint, path)
-        paths.append(path)
+    paths = [
+        write_composer_checkpoint(tmp_path / f"ep0-ba{(i + 1) * 100}-rank0.pt", config, state)
+        for i, state in enumerate(states)
+    ]
     out = tmp_path / "merged"
     assert main(["--method", "ties", "--base", str(paths[0]), "--models", *map(str, paths[1:]), "--out", str(out),
                  "--tokenizer", str(tokenizer), "--density", "0.7"]) == 0  # fmt: skip

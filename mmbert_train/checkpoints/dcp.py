@@ -26,15 +26,17 @@ DCP_CONFIG_PREFIX = "state.callbacks.ModelConfigRecorder.model_config."
 
 def _dcp_load(path: Path, state_dict: dict[str, Any]) -> None:
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
 
     with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
         warnings.simplefilter("ignore", UserWarning)
         try:
             dcp.load(state_dict, storage_reader=dcp.FileSystemReader(str(path)))
-        except Exception as err:  # noqa: BLE001 (a missing or cut shard fails inside DCP in many ways)
+        except (Exception, CheckpointException) as err:  # a missing or cut shard fails in many ways
+            reason = str(err).strip().splitlines()[-1][:300] if str(err).strip() else ""
             raise CheckpointError(
                 f"{path}: cannot read {sorted(state_dict)[:3]} from this torch.distributed.checkpoint "
-                f"directory (a shard missing or truncated?): {err.__class__.__name__}: {str(err)[:300]}"
+                f"directory (a shard missing or truncated?): {err.__class__.__name__}: {reason}"
             ) from None
 
 

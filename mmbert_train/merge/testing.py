@@ -86,3 +86,17 @@ def write_dcp_checkpoint(out: Path, config: ModelConfig, state: dict[str, torch.
         warnings.simplefilter("ignore", UserWarning)
         dcp.save(composer_state, storage_writer=dcp.FileSystemWriter(str(out)))
     return Path(out)
+
+
+def write_composer_checkpoint(out: Path, config: ModelConfig, state: dict[str, torch.Tensor]) -> Path:
+    """One of our Composer checkpoints as the trainer writes it: ``state['model']`` keyed ``"model." + HF key``,
+    the model config under ``state['callbacks']['ModelConfigRecorder']['model_config']``."""
+    checkpoint = {
+        "state": {
+            "model": {"model." + k: v for k, v in state.items()},
+            "callbacks": {"ModelConfigRecorder": {"model_config": config.to_dict()}},
+        },
+        "rng": [],
+    }
+    torch.save(checkpoint, out)
+    return Path(out)
