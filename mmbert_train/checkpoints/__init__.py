@@ -20,17 +20,25 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .detect import FORMATS, HF_FORMATS, check_output_path, detect_format, is_dcp_dir
+from .detect import FORMATS, check_output_path, detect_format
 from .errors import CheckpointError
 from .hf import (
-    TOKENIZER_FILES,
     check_tokenizer,
     find_tokenizer,
     hf_config_json,
     save_pretrained,
     write_tokenizer,
 )
-from .keys import EMBEDDINGS, TIED_KEY, composer_to_hf_key, composer_to_hf_keys, strip_wrappers
+from .keys import (
+    EMBEDDINGS,
+    TIED_KEY,
+    composer_to_hf_key,
+    composer_to_hf_keys,
+    dtype_of,
+    release,
+    shape_of,
+    strip_wrappers,
+)
 from .optimizer_state import optimizer_state_by_name
 from .pickles import load_pickle
 from .pretrained import check_state_dict, load_pretrained
@@ -49,10 +57,8 @@ def checkpoint_order(path: Path) -> tuple:
 __all__ = [
     "EMBEDDINGS",
     "FORMATS",
-    "HF_FORMATS",
     "SAFETENSORS_DTYPES",
     "TIED_KEY",
-    "TOKENIZER_FILES",
     "Checkpoint",
     "CheckpointError",
     "SafetensorsStateDict",
@@ -63,16 +69,18 @@ __all__ = [
     "composer_to_hf_key",
     "composer_to_hf_keys",
     "detect_format",
+    "dtype_of",
     "find_tokenizer",
     "hf_config_json",
-    "is_dcp_dir",
     "load_pickle",
     "load_pretrained",
     "open_checkpoint",
     "open_state_dict",
     "optimizer_state_by_name",
     "read_model_config",
+    "release",
     "save_pretrained",
+    "shape_of",
     "strip_wrappers",
     "write_tokenizer",
 ]

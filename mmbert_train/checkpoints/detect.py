@@ -62,11 +62,6 @@ def detect_format(path: str | Path, role: str = "checkpoint") -> str:
     )
 
 
-def is_dcp_dir(path: str | Path) -> bool:
-    path = Path(path)
-    return path.is_dir() and (path / DCP_METADATA).is_file()
-
-
 def check_output_path(out: str | Path, inputs: dict[str, str | Path]) -> None:
     """Refuse an output that would replace or contain one of ``inputs`` (``{role: path}``): ``--out`` equal to
     an input (after symlinks, e.g. ``latest-rank0.pt``), or a folder holding one (``--overwrite`` replaces it)."""

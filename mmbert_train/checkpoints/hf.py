@@ -47,13 +47,6 @@ from .keys import TIED_KEY, RenamedStateDict
 from .pickles import load_pickle
 from .safetensors_view import SafetensorsStateDict
 
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "tokenizer.model",
-)
 MODEL_INPUT_NAMES = ["input_ids", "attention_mask"]
 TOKENIZER_CLASS = "PreTrainedTokenizerFast"
 # tokenizer_config.json fields that describe where and how a tokenizer was loaded, not the tokenizer

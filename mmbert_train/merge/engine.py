@@ -25,12 +25,14 @@ from ..checkpoints import (
     Checkpoint,
     CheckpointError,
     check_output_path,
+    dtype_of,
     find_tokenizer,
     hf_config_json,
     open_checkpoint,
+    release,
+    shape_of,
     write_tokenizer,
 )
-from ..checkpoints.keys import dtype_of, release, shape_of
 from .methods import (
     DEFAULT_CHUNK_NUMEL,
     check_weights,
