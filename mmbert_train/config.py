@@ -393,6 +393,7 @@ def load_recipe(path: str | Path, overrides: typing.Iterable[str] = ()) -> Recip
         )
     recipe = from_dict(Recipe, raw, where)
     check_recipe(recipe, str(path))
+    recipe.data.recipe_dir = str(path.resolve().parent)
     return recipe
 
 

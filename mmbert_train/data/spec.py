@@ -132,6 +132,10 @@ class DataConfig:
     num_workers: int = 2
     eval: EvalDataConfig = field(default_factory=EvalDataConfig)
 
+    # The folder of the recipe file this section was read from (set by `mmbert_train.config.load_recipe`; not a
+    # recipe key). Relative language files are looked up there first, then in the working directory.
+    recipe_dir = None
+
     def __post_init__(self) -> None:
         check_tau(self.tau, "data.tau")
         self.sources = _named_sources(self.sources)

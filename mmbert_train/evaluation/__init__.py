@@ -35,7 +35,6 @@ from .heldout import (
     heldout_folders,
     language_key,
     load_heldout,
-    read_manifest,
 )
 from .report import (
     GroupResult,
@@ -67,7 +66,6 @@ __all__ = [
     "heldout_folders",
     "language_key",
     "load_heldout",
-    "read_manifest",
     "score_pieces",
     "write_csv",
     "write_json",
