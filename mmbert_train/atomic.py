@@ -1,5 +1,7 @@
 """Publishing outputs atomically: a directory is built under a temporary sibling and renamed into place at the
-end; a file is written to a temporary name in its folder and renamed (:func:`atomic_write_bytes`).
+end (:func:`atomic_output_dir`); a file is written to a temporary name in its folder, fsynced and renamed
+(:func:`atomic_write_bytes` / ``_text`` / ``_json``, or :func:`atomic_output_file` for a writer that needs a
+file name: a downloader, ``savefig``).
 
 Every command that writes a directory a later step reads (tokenizer, sample corpus, exported or merged model)
 goes through :func:`atomic_output_dir`, so a crashed or interrupted run leaves either the old directory or the
@@ -42,22 +44,29 @@ def atomic_output_dir(out: Path, *, overwrite: bool = False) -> Iterator[Path]:
         tmp.rename(out)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary name in the same folder (flushed and fsynced), then rename:
-    a reader sees the old file or the whole new one, never a prefix."""
+@contextlib.contextmanager
+def atomic_output_file(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary file name in ``path``'s folder (unique per process); when the block ends without error
+    the file is fsynced and renamed to ``path``, else removed: a reader sees the old file or the whole new one,
+    never a prefix."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
+        yield tmp
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through :func:`atomic_output_file`."""
+    with atomic_output_file(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

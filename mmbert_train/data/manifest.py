@@ -18,31 +18,24 @@ import os
 from pathlib import Path
 from typing import Any
 
+from mmbert_train.atomic import atomic_write_json
 from mmbert_train.data.languages import LanguageNameError, check_language
+from mmbert_train.data.spec import DataValidationError
 
 MANIFEST_NAME = "manifest.json"
 COUNT_KEYS = ("documents", "samples", "tokens", "skipped", "heldout_documents")
 
 
-class ManifestError(ValueError):
-    """A manifest that does not follow the schema; the message names the file and the key."""
+class ManifestError(DataValidationError):
+    """A manifest that is missing or does not follow the schema; the message names the file and the key."""
 
 
 def empty_counts() -> dict[str, int]:
     return dict.fromkeys(COUNT_KEYS, 0)
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write ``obj`` as JSON to a temporary name in the same folder, then rename: readers never see half a file.
-
-    No fsync: the rename protects against a killed process (the case we care about), not against power loss.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
+# The name data_prep writes its JSON files (manifest, MDS index, plans) with: the one atomic JSON writer.
+write_json_atomic = atomic_write_json
 
 
 def make_manifest(tokenizer: str, max_seq_len: int, sources: dict[str, dict[str, dict[str, int]]]) -> dict:
@@ -106,9 +99,10 @@ def check_manifest(manifest: Any, where: str = "manifest") -> dict:
 
 
 def load_manifest(path: str | os.PathLike) -> dict:
-    """Read and check a manifest; ``path`` is the ``manifest.json`` file or the MDS folder that holds it."""
+    """Read and check a manifest; ``path`` is the ``manifest.json`` file or the MDS folder that holds it (a path
+    that is not a ``.json`` file counts as the folder)."""
     path = Path(path)
-    if path.is_dir():
+    if path.is_dir() or path.suffix != ".json":
         path = path / MANIFEST_NAME
     try:
         with open(path, encoding="utf-8") as f:

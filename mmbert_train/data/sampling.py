@@ -51,14 +51,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from mmbert_train.atomic import atomic_output_file
 from mmbert_train.data.languages import LanguageSetError, normalize_language, resolve_language_set
+from mmbert_train.data.manifest import MANIFEST_NAME, load_manifest
 from mmbert_train.data.spec import DataConfig, DataValidationError, check_tau
 
 if TYPE_CHECKING:
     from streaming import Stream
-
-MANIFEST_NAME = "manifest.json"
-
 
 # ------------------------------------------------------------------------------------------- the formula
 
@@ -105,34 +104,21 @@ def token_to_sample_proportions(
 # ------------------------------------------------------------------------------------------- manifest
 
 
-def load_manifest(path: str | os.PathLike) -> dict:
-    """Read ``manifest.json`` (``path`` is the file or the MDS root holding it), checked by data_prep's reader
-    (Contract 2); its errors come back as :class:`DataValidationError`."""
-    from mmbert_train.data.manifest import load_manifest as read_checked
-
-    try:
-        return read_checked(path)
-    except ValueError as err:
-        raise DataValidationError(str(err)) from None
-
-
 def fetch_manifest(remote: str, local_root: str | os.PathLike, timeout: float = 60.0) -> Path:
     """Copy ``<remote>/manifest.json`` into ``<local_root>/`` unless it is there (any Streaming remote: s3://,
-    gs://, a path, ...). Written to a unique temporary name, then renamed: ranks fetching at once do not collide."""
+    gs://, a path, ...). Downloaded to a temporary name unique to the process, then renamed
+    (:func:`mmbert_train.atomic.atomic_output_file`): ranks fetching at once do not collide."""
     local = Path(local_root) / MANIFEST_NAME
     if local.is_file():
         return local
     from streaming.base.storage import CloudDownloader
 
-    local.parent.mkdir(parents=True, exist_ok=True)
-    tmp = local.with_name(f".{MANIFEST_NAME}.{os.getpid()}.part")
     source = posixpath.join(remote, MANIFEST_NAME)
     try:
-        CloudDownloader.direct_download(source, str(tmp), timeout)
+        with atomic_output_file(local) as tmp:
+            CloudDownloader.direct_download(source, str(tmp), timeout)
     except Exception as err:  # each cloud client raises its own error types
-        tmp.unlink(missing_ok=True)
         raise DataValidationError(f"data.remote: cannot fetch {source}: {err}") from None
-    os.replace(tmp, local)
     return local
 
 
@@ -267,7 +253,8 @@ def build_phase_plan(
 
     ``manifest``: a manifest dict, a path to it, or None to read ``<data_cfg.root>/manifest.json`` (fetched from
     ``<data_cfg.remote>/manifest.json`` first when the recipe has a remote and the local copy is missing).
-    ``recipe_dir``: where to look first for a language file named by a relative path.
+    ``recipe_dir``: where to look first for a language file named by a relative path (default: the folder of the
+    recipe ``data_cfg`` was read from, :attr:`DataConfig.recipe_dir`; then the working directory).
     ``check_files``: also check that every folder read holds an MDS ``index.json`` (skipped when the recipe has a
     ``remote``: the local root is then only a cache).
     """
@@ -277,10 +264,14 @@ def build_phase_plan(
         if data_cfg.remote:
             fetch_manifest(data_cfg.remote, data_cfg.root)
     if not isinstance(manifest, Mapping):
-        manifest = load_manifest(manifest)
+        manifest = load_manifest(manifest)  # ManifestError is a DataValidationError
     available: Mapping[str, Mapping] = manifest.get("sources", {})
     try:
-        languages = resolve_language_set(data_cfg.languages, recipe_dir=recipe_dir, where="data.languages")
+        languages = resolve_language_set(
+            data_cfg.languages,
+            recipe_dir=recipe_dir if recipe_dir is not None else data_cfg.recipe_dir,
+            where="data.languages",
+        )
     except LanguageSetError as err:
         raise DataValidationError(str(err)) from None
     language_set = set(languages)
