@@ -19,7 +19,7 @@ With a counts CSV (one column per phase, one row per language id), ``--counts-ar
 
 * ``available``: tokens each language HAS (n_i). Shares follow the formula directly.
 * ``sampled``: tokens each language GOT in a phase that sampled at ``--sampled-tau`` (the published
-  ``language_counts.csv``; RECIPE.md, "Temperature sampling"). The phase gave language i
+  ``language_counts.csv``, the authors' released per-language counts). The phase gave language i
   s_i = M * T * p_i with p_i = (n_i/N)^tau_s / sum_j (n_j/N)^tau_s, so s_i ∝ n_i^tau_s and, inverting,
   n_i = c * s_i^(1/tau_s). The shares at any new tau do not depend on c (it cancels in the normalisation);
   the epochs do, and c is not published (nor are the per-language caps). We choose c so that the inverted
