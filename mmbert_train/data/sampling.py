@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from mmbert_train.atomic import atomic_output_file
 from mmbert_train.data.languages import LanguageSetError, normalize_language, resolve_language_set
 from mmbert_train.data.manifest import MANIFEST_NAME, load_manifest
-from mmbert_train.data.spec import DataConfig, DataValidationError, check_tau
+from mmbert_train.data.spec import DataConfig, DataValidationError, check_fixed_total, check_tau
 
 if TYPE_CHECKING:
     from streaming import Stream
@@ -75,14 +75,21 @@ def temperature_proportions(token_counts: Mapping[str, int], tau: float) -> dict
     for name, n in token_counts.items():
         if isinstance(n, bool) or not isinstance(n, (int, float)) or n < 0 or math.isnan(n):
             raise DataValidationError(f"token count of {name!r} must be a non-negative number, got {n!r}")
-    total = float(sum(token_counts.values()))
-    if total <= 0:
+    if not any(n > 0 for n in token_counts.values()):
         raise DataValidationError("temperature_proportions: every token count is zero")
-    logs = {k: tau * math.log(n / total) for k, n in token_counts.items() if n > 0}
+    return power_shares(token_counts, tau)  # (n_i / N)^tau is proportional to n_i^tau
+
+
+def power_shares(counts: Mapping[str, float], exponent: float) -> dict[str, float]:
+    """``x_i^e / sum_j x_j^e`` over the positive ``counts`` (zero stays zero), computed in log space (max
+    subtracted before exponentiating) so that values spanning many orders of magnitude keep full double
+    precision. The sampling formula (``e = tau``) and the planner's inversion of sampled counts (``e = 1/tau``)
+    both use it."""
+    logs = {k: exponent * math.log(x) for k, x in counts.items() if x > 0}
     top = max(logs.values())
     weights = {k: math.exp(v - top) for k, v in logs.items()}
     norm = math.fsum(weights.values())
-    return {k: weights[k] / norm if k in weights else 0.0 for k in token_counts}
+    return {k: weights[k] / norm if k in weights else 0.0 for k in counts}
 
 
 def token_to_sample_proportions(
@@ -287,13 +294,7 @@ def build_phase_plan(
     fixed = [s for s in sources if s.kind == "fixed"]
     multi = [s for s in sources if s.kind != "fixed"]
     fixed_shares = {s.name: float(s.share) for s in fixed}
-    fixed_total = math.fsum(fixed_shares.values())
-    if fixed_total >= 1.0:
-        parts = " + ".join(f"{n} {s:g}" for n, s in fixed_shares.items())
-        raise DataValidationError(
-            f"data.sources: the fixed shares add up to {fixed_total:g} ({parts}); they must leave a share (< 1) "
-            "for the multilingual sources"
-        )
+    fixed_total = check_fixed_total(fixed_shares, "data.sources")
     if not multi:
         raise DataValidationError(
             f"data.sources: no multilingual source to take the remaining share {1 - fixed_total:g} "
