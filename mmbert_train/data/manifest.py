@@ -3,8 +3,13 @@
 Schema (Contract 2 in docs/architecture.md)::
 
     {"tokenizer": str, "max_seq_len": int,
+     "tokenizer_fingerprint": {"sha256": str, "vocab_size": int, "special_ids": {role: int}},  # optional
      "sources": {source: {language: {"documents": int, "samples": int, "tokens": int,
                                      "skipped": int, "heldout_documents": int}}}}
+
+``tokenizer_fingerprint`` identifies the tokenizer the ids were made with (written by ``mmbert prep tokenize``:
+the sha256 of its canonical ``tokenizer.json``, its vocabulary size and special ids); manifests of foreign data
+may lack it.
 
 ``documents`` counts every valid document, held-out ones included; ``samples`` and ``tokens`` count the training
 dataset only (bos/eos included), ``heldout_documents`` the documents written to ``<language>/heldout/``;
@@ -18,7 +23,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-from mmbert_train.atomic import atomic_write_json
 from mmbert_train.data.languages import LanguageNameError, check_language
 from mmbert_train.data.spec import DataValidationError
 
@@ -34,15 +38,18 @@ def empty_counts() -> dict[str, int]:
     return dict.fromkeys(COUNT_KEYS, 0)
 
 
-# The name data_prep writes its JSON files (manifest, MDS index, plans) with: the one atomic JSON writer.
-write_json_atomic = atomic_write_json
-
-
-def make_manifest(tokenizer: str, max_seq_len: int, sources: dict[str, dict[str, dict[str, int]]]) -> dict:
-    """A manifest dict with sources and languages in sorted order."""
+def make_manifest(
+    tokenizer: str,
+    max_seq_len: int,
+    sources: dict[str, dict[str, dict[str, int]]],
+    tokenizer_fingerprint: dict | None = None,
+) -> dict:
+    """A manifest dict with sources and languages in sorted order (the fingerprint only when known)."""
+    fingerprint = {"tokenizer_fingerprint": tokenizer_fingerprint} if tokenizer_fingerprint else {}
     return {
         "tokenizer": tokenizer,
         "max_seq_len": int(max_seq_len),
+        **fingerprint,
         "sources": {
             source: {
                 language: {k: int(counts[k]) for k in COUNT_KEYS}
@@ -69,6 +76,16 @@ def check_manifest(manifest: Any, where: str = "manifest") -> dict:
     max_len = manifest["max_seq_len"]
     if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 3:
         fail("'max_seq_len'", "an integer >= 3", max_len)
+    if "tokenizer_fingerprint" in manifest:
+        fp = manifest["tokenizer_fingerprint"]
+        expected = "an object {sha256: str, vocab_size: int, special_ids: {role: int}}"
+        if not (
+            isinstance(fp, dict)
+            and isinstance(fp.get("sha256"), str)
+            and isinstance(fp.get("vocab_size"), int)
+            and isinstance(fp.get("special_ids"), dict)
+        ):
+            fail("'tokenizer_fingerprint'", expected, fp)
     if not isinstance(manifest["sources"], dict):
         fail("'sources'", "an object {source: {language: counts}}", manifest["sources"])
     for source, languages in manifest["sources"].items():
