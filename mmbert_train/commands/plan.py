@@ -212,7 +212,7 @@ def build_tables(args: argparse.Namespace) -> list[PhaseTable]:
     for recipe in recipes:
         path = Path(recipe)
         recipe_obj = load_recipe(path, overrides)
-        plan = build_phase_plan(recipe_obj.data, recipe_dir=path.parent, check_files=not args.no_check_files)
+        plan = build_phase_plan(recipe_obj.data, check_files=not args.no_check_files)
         if args.phase_tokens is not None:
             tokens, how = args.phase_tokens, "--phase-tokens"
         else:
