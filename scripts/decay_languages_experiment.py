@@ -148,8 +148,10 @@ def prepare_data(data: Path, env: Mapping[str, str]) -> None:
     if not eng.is_dir():
         with atomic_output_dir(eng) as tmp:
             shutil.copytree(raw / "udhr" / "eng", tmp, dirs_exist_ok=True)
+    from mmbert_train.data.manifest import load_manifest
+
     manifest = mds / "manifest.json"
-    if not manifest.exists() or "udhr_eng" not in json.loads(manifest.read_text())["sources"]:
+    if not manifest.exists() or "udhr_eng" not in load_manifest(manifest)["sources"]:
         log("data: mmbert prep tokenize")
         run(mmbert("prep", "tokenize", "--input", str(raw), "--output", str(mds), "--tokenizer", str(tok),
                    "--max-seq-len", str(DATA_SETTINGS["max_seq_len"]),
