@@ -18,6 +18,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from mmbert_train.atomic import atomic_output_file
 from mmbert_train.config import Recipe, load_recipe, parse_time
 from mmbert_train.data.languages import LanguageSetError, read_counts_csv, read_language_file
 from mmbert_train.data.planner import (
@@ -44,8 +45,7 @@ def _num(x: float | None) -> str:
 
 def write_csv(tables: Sequence[PhaseTable], path: str | os.PathLike) -> Path:
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
+    with atomic_output_file(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(CSV_COLUMNS)
         for t in tables:
@@ -62,7 +62,6 @@ def write_csv(tables: Sequence[PhaseTable], path: str | os.PathLike) -> Path:
                         _num(r.epochs),
                     ]
                 )
-    os.replace(tmp, path)
     return path
 
 
@@ -92,10 +91,9 @@ def write_plot(tables: Sequence[PhaseTable], path: str | os.PathLike, title: str
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fig.savefig(tmp, dpi=110, format="png")
+    with atomic_output_file(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 
@@ -256,7 +254,7 @@ def build_tables(args: argparse.Namespace) -> list[PhaseTable]:
     for recipe in recipes:
         path = Path(recipe)
         recipe_obj = load_recipe(path, overrides)
-        plan = build_phase_plan(recipe_obj.data, recipe_dir=path.parent, check_files=not args.no_check_files)
+        plan = build_phase_plan(recipe_obj.data, check_files=not args.no_check_files)
         if args.phase_tokens is not None:
             tokens, how = args.phase_tokens, "--phase-tokens"
         else:
