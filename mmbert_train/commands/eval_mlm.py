@@ -58,7 +58,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Held-out masked-token accuracy and loss per language and group, at a fixed mask ratio "
         "and seed (the same masked tokens for every checkpoint).",
     )
-    p.add_argument("model", help="Hugging Face directory or Composer checkpoint (.pt) of an mmBERT encoder")
+    p.add_argument(
+        "model", help="a checkpoint of any format (HF dir, .safetensors, Composer .pt, sharded FSDP dir)"
+    )
     p.add_argument("--data", required=True, help="MDS root written by `mmbert prep tokenize` (manifest.json)")
     p.add_argument(
         "--languages",
@@ -89,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from mmbert_train.checkpoints import CheckpointError
     from mmbert_train.data.languages import LanguageSetError
+    from mmbert_train.data.manifest import ManifestError
     from mmbert_train.model import load_pretrained
 
     try:
@@ -120,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         report = evaluate_model(
             model, heldout, groups, batch_tokens=args.batch_tokens, progress=not args.no_progress
         )
-    except (EvalError, CheckpointError, LanguageSetError, FileNotFoundError) as exc:
+    except (EvalError, CheckpointError, LanguageSetError, ManifestError, FileNotFoundError) as exc:
         print(f"mmbert eval-mlm: error: {exc}", file=sys.stderr)
         return 2
     report.settings = {"model": str(args.model), **report.settings, "seconds": time.perf_counter() - start}

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from composer.core import DataSpec, Evaluator
 from composer.loggers import WandBLogger
 from composer.utils import dist, reproducibility
 
+from mmbert_train.atomic import atomic_write_text
 from mmbert_train.config import Recipe, model_overrides, recipe_to_yaml
 from mmbert_train.model import MMBertForMaskedLM, ModelConfig, compile_regions
 from mmbert_train.model.attention import check_trainable, resolve_backend
@@ -192,11 +192,7 @@ def _save_recipe(recipe: Recipe, folder: str) -> None:
     """The resolved recipe next to the checkpoints (rank 0, written atomically)."""
     if dist.get_global_rank() != 0:
         return
-    directory = Path(folder)
-    directory.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=directory, suffix=".tmp", delete=False) as handle:
-        handle.write(recipe_to_yaml(recipe))
-    os.replace(handle.name, directory / RECIPE_FILENAME)
+    atomic_write_text(Path(folder) / RECIPE_FILENAME, recipe_to_yaml(recipe))
 
 
 def build_trainer(
