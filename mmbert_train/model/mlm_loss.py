@@ -26,6 +26,7 @@ opaque call (the chunk loop's length depends on ``n``, which varies by batch).
 from __future__ import annotations
 
 import torch
+from torch.utils.flop_counter import register_flop_formula
 
 DEFAULT_CHUNK_SIZE = 4096  # labelled tokens per chunk: 4096 x 256,000 logits = 2 GiB in bf16 (+4 GiB fp32)
 
@@ -99,6 +100,13 @@ def _backward(ctx, grad_loss, grad_correct, *unused):
 
 
 _linear_cross_entropy.register_autograd(_backward, setup_context=_setup_context)
+
+
+@register_flop_formula(torch.ops.mmbert.linear_cross_entropy)
+def _flops(h_shape, weight_shape, bias_shape, targets_shape, chunk_size, with_grad, out_shape=None, **kwargs):
+    """For torch.utils.flop_counter (MFU checks): the logits matmul, plus dh and dW when the gradients are made."""
+    n, hidden = h_shape
+    return 2 * n * weight_shape[0] * hidden * (3 if with_grad else 1)
 
 
 def linear_cross_entropy(
