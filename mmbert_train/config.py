@@ -208,7 +208,9 @@ class TrainerConfig:
         if self.seed < 0:
             raise ValueError(f"trainer.seed must be >= 0, got {self.seed}")
         if parse_time(self.log_interval, "trainer.log_interval")[0] <= 0:
-            raise ValueError(f"trainer.log_interval must be a positive time (e.g. 10ba), got {self.log_interval!r}")
+            raise ValueError(
+                f"trainer.log_interval must be a positive time (e.g. 10ba), got {self.log_interval!r}"
+            )
         if parse_time(self.save_interval, "trainer.save_interval")[0] <= 0:
             raise ValueError(
                 f"trainer.save_interval must be a positive time (e.g. 1000ba), got {self.save_interval!r}; "
@@ -357,7 +359,6 @@ def check_data_ranges(data: DataConfig, fail: typing.Callable[[str], None]) -> N
         fail(f"data.eval.max_samples_per_language must be >= 1, got {ev.max_samples_per_language}")
     if ev.batch_size < 1:
         fail(f"data.eval.batch_size must be >= 1, got {ev.batch_size}")
-
 
 
 def check_recipe(recipe: Recipe, where: str = "recipe") -> None:

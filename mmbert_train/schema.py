@@ -81,7 +81,9 @@ def parse_override(item: str) -> tuple[str, Any]:
     try:
         parsed = yaml.safe_load(value) if value.strip() else None
     except yaml.YAMLError as err:
-        raise ConfigError(f"override {item!r}: the value {value!r} is not valid YAML ({_yaml_problem(err)})") from None
+        raise ConfigError(
+            f"override {item!r}: the value {value!r} is not valid YAML ({_yaml_problem(err)})"
+        ) from None
     return key, parsed
 
 

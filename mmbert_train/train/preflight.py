@@ -9,6 +9,9 @@ seconds of `mmbert train` report it, instead of the first held-out evaluation af
 * when the data root holds its ``manifest.json``: the tokenizer it was made with (or the recipe's
   ``tokenizer``) has no more ids than ``model.vocab_size``, so no token id of the data is out of the embedding.
 
+`mmbert train` also runs :func:`check_shards` (it stats every shard of the data root once): a missing or cut
+shard is named here instead of failing mid-run inside Streaming.
+
 No Composer import here: `mmbert config` stays fast.
 """
 
@@ -78,6 +81,43 @@ def check_vocab(recipe: Recipe, where: str = "recipe") -> None:
                 f"{where}: model.vocab_size {vocab} is smaller than {what}, which has {size} ids: token ids "
                 f"{vocab}..{size - 1} of the data would be out of the embedding; set model.vocab_size >= {size}"
             )
+
+
+def check_shards(root: str | Path, where: str = "recipe") -> int:
+    """Every shard an ``index.json`` under ``root`` lists is there at its recorded size; returns the number of
+    shards checked. A shard counts as present when its compressed file (``zip_data``) or its decompressed copy
+    (``raw_data``, which Streaming writes next to it on first read) has the size the index records; a
+    decompressed copy of the wrong size (a read that was killed) is an error too, as Streaming would trust it."""
+    root = Path(root)
+    checked = 0
+    for index in sorted(root.rglob("index.json")):
+        try:
+            shards = json.loads(index.read_text(encoding="utf-8"))["shards"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ConfigError(f"{where}: data.root: {index} is not a readable MDS index ({err})") from None
+        for shard in shards:
+            raw, packed = shard.get("raw_data") or {}, shard.get("zip_data") or {}
+            found = []
+            for info in (raw, packed):
+                if info.get("basename"):
+                    path = index.parent / info["basename"]
+                    found.append((path, info.get("bytes"), path.stat().st_size if path.is_file() else None))
+            present = [(path, want, size) for path, want, size in found if size is not None]
+            if not present:
+                names = " or ".join(str(path) for path, _, _ in found)
+                raise ConfigError(
+                    f"{where}: data.root: shard {names} listed in {index} is missing; re-run `mmbert prep "
+                    "tokenize` for that language (finished work is kept) or restore the file"
+                )
+            for path, want, size in present:
+                if want is not None and size != want:
+                    raise ConfigError(
+                        f"{where}: data.root: shard {path} has {size} bytes, {index} records {want}: the file is "
+                        "truncated or replaced; delete it and re-run `mmbert prep tokenize` (a decompressed "
+                        "`.mds` copy next to a good `.zstd` may simply be deleted)"
+                    )
+            checked += 1
+    return checked
 
 
 def check_recipe_files(recipe: Recipe, where: str = "recipe") -> None:

@@ -146,7 +146,9 @@ def repair_save_folder(folder: str | os.PathLike, rank: int = 0) -> SaveFolderSt
     latest = folder / f"latest-rank{rank}.pt"
     if not complete:
         if latest.is_symlink() or latest.exists():
-            log.warning("%s points at no complete checkpoint; removing it (the run starts from step 0)", latest)
+            log.warning(
+                "%s points at no complete checkpoint; removing it (the run starts from step 0)", latest
+            )
             latest.unlink()
         return state
     state.batch, newest = max(complete)

@@ -219,7 +219,9 @@ def _lock_save_folder(folder: Path) -> SaveFolderLock:
     lock = FileLock(folder / LOCK_FILENAME, command="mmbert train")
     taken_over = lock.acquire()
     if taken_over is not None:
-        log.warning("took over the lock of %s left by %s, which is no longer running", folder, taken_over.describe())
+        log.warning(
+            "took over the lock of %s left by %s, which is no longer running", folder, taken_over.describe()
+        )
     holder = SaveFolderLock(lock)
     _HELD_LOCKS[key] = holder
     return holder
@@ -293,7 +295,9 @@ def apply_resumed_recipe(trainer: Trainer, recipe: Recipe, saved_recipe: str | N
     old_section = (yaml.safe_load(saved_recipe) or {}).get("optimizer")
     if not isinstance(old_section, dict):
         return
-    old = from_dict(OptimizerConfig, old_section, f"{recipe.trainer.save_folder}/{RECIPE_FILENAME}: optimizer")
+    old = from_dict(
+        OptimizerConfig, old_section, f"{recipe.trainer.save_folder}/{RECIPE_FILENAME}: optimizer"
+    )
     new = recipe.optimizer
     if (old.lr, old.max_lr, old.weight_decay) == (new.lr, new.max_lr, new.weight_decay):
         return
@@ -322,9 +326,11 @@ def build_trainer(
 ) -> Trainer:
     """The Composer `Trainer` for one phase. ``train_dataloader`` / ``eval_dataloader`` replace the recipe's
     data (tests use fixed, pre-packed batches); ``trainer_kwargs`` go to `Trainer` as they are."""
-    from mmbert_train.train.preflight import check_recipe_files
+    from mmbert_train.train.preflight import check_recipe_files, check_shards
 
     check_recipe_files(recipe, recipe.name)
+    if train_dataloader is None and recipe.data.remote is None:
+        check_shards(recipe.data.root, recipe.name)
     device = resolve_device(recipe)
     precision = resolve_precision(recipe, device)
     world_size = dist.get_world_size()
