@@ -61,10 +61,11 @@ def write_synthetic(root: Path, tokens: int, mean_len: int, max_len: int, seed: 
 
 
 def data_config(root: Path, args):
+    from mmbert_train.data.manifest import load_manifest
     from mmbert_train.data.spec import DataConfig, SourceConfig
 
-    manifest = json.loads((root / "manifest.json").read_text())
-    sources = [SourceConfig(name=name) for name in manifest["sources"]]
+    manifest = load_manifest(root)
+    sources = {name: SourceConfig() for name in manifest["sources"]}
     languages = sorted({folder.split("_")[0] for src in manifest["sources"].values() for folder in src})
     return DataConfig(
         root=str(root), languages=languages, tau=0.7, sources=sources, max_seq_len=args.max_seq_len,

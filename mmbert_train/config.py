@@ -186,7 +186,7 @@ class TrainerConfig:
     parallelism: Literal["auto", "ddp", "fsdp"] = "auto"  # auto: DDP when several ranks; fsdp: see `fsdp`
     fsdp: FSDPConfig = field(default_factory=FSDPConfig)
     compile: bool = False  # torch.compile the model (GPU)
-    run_name: str | None = None
+    run_name: str | None = None  # None = the recipe's `name`
     save_folder: str | None = None  # None = no checkpoints
     save_interval: str = "1000ba"  # also written at the end of the phase
     save_num_checkpoints_to_keep: int = -1  # -1 = keep all
@@ -271,6 +271,10 @@ class Recipe:
     init_from: InitFromConfig | None = None
     tokenizer: str | None = None  # Hugging Face id or directory; saved with exports
     description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.trainer.run_name is None:  # a recipe names its run once, in `name`
+            self.trainer.run_name = self.name
 
     @property
     def model_config(self) -> ModelConfig:
@@ -464,6 +468,13 @@ def load_recipe(path: str | Path, overrides: typing.Iterable[str] = ()) -> Recip
     path = Path(path)
     raw = load_yaml(path, overrides)
     where = f"{path}:"
+    sources = raw.get("data", {}).get("sources") if isinstance(raw.get("data"), dict) else None
+    if isinstance(sources, list):
+        raise ConfigError(
+            f"{where} data.sources: a mapping keyed by source name is expected, not a list: write "
+            "`sources: {fineweb2: {kind: multilingual}, dclm: {kind: fixed, share: 0.3, languages: [eng]}}` "
+            "(a recipe extending it then overrides one source by its name)"
+        )
     recipe = from_dict(Recipe, raw, where)
     check_recipe(recipe, str(path))
     return recipe
@@ -474,6 +485,9 @@ def recipe_to_yaml(recipe: Recipe) -> str:
     from omegaconf import OmegaConf
 
     resolved = to_dict(recipe)
+    # a source's name is its key under data.sources (the output loads again as a recipe)
+    for source in resolved["data"]["sources"].values():
+        del source["name"]
     # the model section with every field filled in (preset values + overrides), not just what the YAML set
     resolved["model"] = {"preset": recipe.model.preset, **recipe.model_config.to_dict()}
     return OmegaConf.to_yaml(OmegaConf.create(resolved), sort_keys=False)

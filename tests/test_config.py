@@ -19,7 +19,7 @@ MINIMAL = textwrap.dedent(
       root: mds
       languages: [eng, fra]
       tau: 0.7
-      sources: [{name: udhr}]
+      sources: {udhr: {}}
       max_seq_len: 128
       mask_ratio: 0.3
     trainer:
@@ -58,6 +58,68 @@ def test_extends_holds_only_the_difference(recipe_file, tmp_path):
     recipe = load_recipe(child)
     assert (recipe.name, recipe.data.max_seq_len, recipe.data.tau) == ("c", 256, 0.5)
     assert recipe.data.languages == ["eng", "fra"]
+
+
+def test_sources_merge_by_name(recipe_file, tmp_path):
+    """A recipe extending another changes one source by its name, adds one, and removes one with null."""
+    parent = tmp_path / "parent.yaml"
+    parent.write_text(
+        "extends: r.yaml\n"
+        "data:\n"
+        "  sources:\n"
+        "    books: {kind: fixed, share: 0.1, languages: [eng]}\n"
+        "    wiki: {kind: fixed, share: 0.2}\n"
+    )
+    child = tmp_path / "child.yaml"
+    child.write_text(
+        "extends: parent.yaml\ndata:\n  sources: {books: {share: 0.3}, wiki: null, code: {kind: fixed, share: 0.05}}\n"
+    )
+    sources = load_recipe(child).data.sources
+    assert list(sources) == ["udhr", "books", "code"]  # the parent's order, new ones after
+    assert [(s.name, s.kind, s.share, s.languages) for s in sources.values()] == [
+        ("udhr", "multilingual", None, None),
+        ("books", "fixed", 0.3, ["eng"]),
+        ("code", "fixed", 0.05, None),
+    ]
+
+
+def test_sources_errors_name_the_source(recipe_file, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("extends: r.yaml\ndata: {sources: {wiki: {kind: fixed}}}\n")
+    with pytest.raises(
+        ConfigError, match=r"bad.yaml: data.sources.wiki: a fixed source needs a share in \(0, 1\)"
+    ):
+        load_recipe(bad)
+    bad.write_text(MINIMAL.replace("sources: {udhr: {}}", "sources: [{name: udhr}]"))
+    with pytest.raises(
+        ConfigError, match=r"bad.yaml: data.sources: a mapping keyed by source name is expected"
+    ):
+        load_recipe(bad)
+    bad.write_text(MINIMAL.replace("sources: {udhr: {}}", "sources: {udhr: {name: web}}"))
+    with pytest.raises(ConfigError, match=r"data.sources.udhr: its name is 'web'; the key is the name"):
+        load_recipe(bad)
+    bad.write_text(MINIMAL.replace("sources: {udhr: {}}", "sources: {udhr: null}"))
+    with pytest.raises(ConfigError, match=r"data.sources: no source left"):
+        load_recipe(bad)
+
+
+def test_run_name_defaults_to_name(recipe_file):
+    assert load_recipe(recipe_file).trainer.run_name == "t"
+    assert load_recipe(recipe_file, ["trainer.run_name=other"]).trainer.run_name == "other"
+
+
+def test_resolved_recipe_loads_again(recipe_file, tmp_path):
+    """`mmbert config` output is a recipe: sources render as the mapping they are read from."""
+    from mmbert_train.config import recipe_to_yaml
+
+    recipe = load_recipe(recipe_file)
+    text = recipe_to_yaml(recipe)
+    assert yaml.safe_load(text)["data"]["sources"] == {
+        "udhr": {"kind": "multilingual", "share": None, "languages": None}
+    }
+    again = tmp_path / "again.yaml"
+    again.write_text(text)
+    assert recipe_to_yaml(load_recipe(again)) == text
 
 
 @pytest.mark.parametrize(

@@ -62,8 +62,8 @@ def test_recipes_follow_the_phases_and_differ_only_where_the_variants_do(recipes
     assert r["midtrain"].init_from.path == "runs/decay_languages/seed21/pretrain/latest-rank0.pt"
     assert r["decay_all"].data.languages.endswith("decay_all.txt")
     assert r["decay_cont"].data.languages == r["decay_eng"].data.languages == r["midtrain"].data.languages
-    assert [(s.name, s.kind) for s in r["decay_cont"].data.sources] == [("udhr", "multilingual")]
-    eng = [s for s in r["decay_eng"].data.sources if s.kind == "fixed"]
+    assert [(s.name, s.kind) for s in r["decay_cont"].data.sources.values()] == [("udhr", "multilingual")]
+    eng = [s for s in r["decay_eng"].data.sources.values() if s.kind == "fixed"]
     assert [(s.name, s.share, s.languages) for s in eng] == [("udhr_eng", 0.18, ["eng"])]
     shapes = {(x.model_config.hidden_size, x.model_config.vocab_size) for x in r.values()}
     assert shapes == {(128, 8192)}

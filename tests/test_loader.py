@@ -64,7 +64,7 @@ def read_corpus(root: Path, lang: str, source="web", sub="") -> list[np.ndarray]
 def data_config(root: Path, **overrides):
     from mmbert_train.data.spec import DataConfig, SourceConfig
 
-    kwargs = dict(root=str(root), languages=list(LANGS), tau=0.5, sources=[SourceConfig(name="web")],
+    kwargs = dict(root=str(root), languages=list(LANGS), tau=0.5, sources={"web": SourceConfig()},
                   max_seq_len=128, mask_ratio=0.3, num_workers=0, shuffle_seed=7)  # fmt: skip
     kwargs.update(overrides)
     return DataConfig(**kwargs)

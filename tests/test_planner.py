@@ -179,8 +179,8 @@ data:
   max_seq_len: 64
   mask_ratio: 0.3
   sources:
-    - {{name: web}}
-    - {{name: books, kind: fixed, share: 0.5, languages: [eng]}}
+    web: {{}}
+    books: {{kind: fixed, share: 0.5, languages: [eng]}}
 trainer:
   max_duration: {duration}
   global_batch_size: 4
@@ -228,7 +228,7 @@ def test_recipe_data_errors_are_reported(tmp_path, capsys):
     assert mmbert(["plan", str(tmp_path / "x.yaml"), "--out", str(tmp_path / "x")]) == 2
     assert "no data for language 'zul'" in capsys.readouterr().err
     assert not (tmp_path / "x.csv").exists()
-    (tmp_path / "y.yaml").write_text(text.replace("name: books", "name: nobooks"))
+    (tmp_path / "y.yaml").write_text(text.replace("    books: {kind", "    nobooks: {kind"))
     assert mmbert(["plan", str(tmp_path / "y.yaml")]) == 2
     assert "source 'nobooks' does not exist in the manifest" in capsys.readouterr().err
 
@@ -250,7 +250,7 @@ def test_plan_on_a_prepared_corpus(tmp_path, capsys):
     web = manifest["sources"]["web"]
     recipe = RECIPE.format(name="prep", root=mds, tau=0.5, duration="5000tok")
     recipe = recipe.replace("[aaa, bbb, eng]", "[rus, cmn, arb, hin, amh, ell, eng]").replace(
-        "    - {name: books, kind: fixed, share: 0.5, languages: [eng]}\n", ""
+        "    books: {kind: fixed, share: 0.5, languages: [eng]}\n", ""
     )
     (tmp_path / "prep.yaml").write_text(recipe)
     out = tmp_path / "prep_plan"

@@ -48,7 +48,7 @@ def test_shipped_recipe_plans(recipe, tmp_path, capsys):
     from mmbert_train.config import load_recipe
 
     column, n_ids = PHASES[recipe]
-    sources = load_recipe(path).data.sources
+    sources = list(load_recipe(path).data.sources.values())
     _synthetic_manifest(tmp_path / "mds", column, sources)
     out = tmp_path / "plan"
     rc = mmbert(["plan", str(path), f"data.root={tmp_path / 'mds'}", "--no-check-files", "--out", str(out)])

@@ -1,4 +1,4 @@
-"""The shipped recipes: all load without data, and the base/small ones hold RECIPE.md's values."""
+"""The shipped recipes: all load without data, resolve as before, and the base/small ones hold the published values."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def test_every_shipped_recipe_loads_and_validates(path):
     assert recipe.data.max_seq_len <= recipe.model_config.max_position_embeddings
 
 
-# RECIPE.md, value by value. lr / wd are the peak values; decay = (shape, alpha_f) of the final decay.
+# The published recipe (paper, released configs, dataset cards), value by value. lr / wd are the peak values; decay = (shape, alpha_f) of the final decay.
 M, B = 1_000_000, 1_000_000_000
 EXPECTED = {
     # (size, phase): tokens, languages file, n languages, mask, tau, seq len, theta, lr, wd, warmup tokens,
@@ -140,19 +140,21 @@ def test_recipe_matches_published_values(size, phase):
 
 
 def _fixed_share(recipe, source: str) -> float:
-    return next(s.share for s in recipe.data.sources if s.name == source)
+    return recipe.data.sources[source].share
 
 
 @pytest.mark.parametrize("size", ["small", "base"])
 def test_mixtures_follow_the_dataset_cards(size):
     pre = load_recipe(RECIPES / f"{size}_pretrain.yaml")
     assert (_fixed_share(pre, "dclm"), _fixed_share(pre, "starcoder")) == (0.302, 0.051)
-    fixed = sum(s.share for s in pre.data.sources if s.kind == "fixed")
+    fixed = sum(s.share for s in pre.data.sources.values() if s.kind == "fixed")
     assert 1 - fixed == pytest.approx(0.602, abs=0.002)  # FineWeb2's share: 60.2%
     cont = load_recipe(RECIPES / f"{size}_decay_cont.yaml")
-    assert 1 - sum(s.share for s in cont.data.sources if s.kind == "fixed") == pytest.approx(0.760, abs=0.001)
+    assert 1 - sum(s.share for s in cont.data.sources.values() if s.kind == "fixed") == pytest.approx(
+        0.760, abs=0.001
+    )
     for recipe in (pre, cont):
-        multilingual = [s.name for s in recipe.data.sources if s.kind == "multilingual"]
+        multilingual = [s.name for s in recipe.data.sources.values() if s.kind == "multilingual"]
         assert multilingual == ["fineweb2"]
 
 
@@ -176,12 +178,12 @@ def test_small_overrides_only_what_small_changes():
 
 
 def test_every_recipe_value_has_a_comment():
-    """RECIPE.md asks for a source on every value: each `key: value` line of a phase file carries a comment,
-    except names, paths and the lines of inline source lists (whose comment is the line above)."""
-    exempt = ("name:", "description:", "run_name:", "save_folder:", "phase:", "extends:", "path:", "- {name")
-    for path in [RECIPES / n for n in ("_common.yaml", "_small.yaml")] + [
-        p for p in shipped_recipes() if p.parent == RECIPES
-    ]:
+    """Every value of the mmBERT recipes and their partials says where it comes from: each `key: value` line
+    carries a comment, except names and paths."""
+    exempt = ("name:", "description:", "save_folder:", "phase:", "extends:", "path:")
+    for path in sorted(RECIPES.glob("*.yaml")):
+        if path.stem.endswith("merge"):
+            continue
         for number, line in enumerate(path.read_text().splitlines(), 1):
             stripped = line.strip()
             if (
@@ -205,7 +207,7 @@ def synthetic_manifest(recipes) -> dict:
     counts = {"documents": 10, "samples": 10, "tokens": 10_000, "skipped": 0, "heldout_documents": 1}
     sources: dict[str, dict] = {}
     for recipe in recipes:
-        for source in recipe.data.sources:
+        for source in recipe.data.sources.values():
             ids = source.languages if source.languages else all_ids
             sources.setdefault(source.name, {}).update({i: dict(counts) for i in ids})
     return {"tokenizer": "jhu-clsp/mmBERT-base", "max_seq_len": 8192, "sources": sources}
@@ -236,3 +238,45 @@ def test_missing_language_data_fails_with_the_language_named():
     del manifest["sources"]["megawika"]
     with pytest.raises(DataValidationError, match="source 'megawika' does not exist"):
         build_phase_plan(recipe.data, manifest, check_files=False)
+
+
+# ------------------------------------------------------------------------------ resolved recipes are unchanged
+
+SNAPSHOTS = ROOT / "tests" / "data" / "resolved_recipes"
+
+
+def snapshot_path(recipe: Path) -> Path:
+    """`mmbert config <recipe>` as it was before the recipes were rebuilt from partials (path, / -> _)."""
+    return SNAPSHOTS / str(recipe.relative_to(ROOT)).replace("/", "_")
+
+
+def snapshot_in_current_form(recipe: Path) -> str:
+    """The snapshot with the two differences the rebuild made on purpose, and nothing else, applied:
+
+    * ``data.sources`` was a list of ``{name, kind, share, languages}``; it is now a mapping keyed by the name
+      (same sources, same order, same values);
+    * ``trainer.run_name: null`` (recipes that set no run name: smoke, experiment) now shows the name the trainer
+      already used for such a run, the recipe's ``name``.
+    """
+    import yaml
+    from omegaconf import OmegaConf
+
+    old = yaml.safe_load(snapshot_path(recipe).read_text())
+    old["data"]["sources"] = {s.pop("name"): s for s in old["data"]["sources"]}
+    if old["trainer"]["run_name"] is None:
+        old["trainer"]["run_name"] = old["name"]
+    return OmegaConf.to_yaml(OmegaConf.create(old), sort_keys=False)
+
+
+def test_every_shipped_recipe_has_a_snapshot():
+    assert sorted(snapshot_path(p).name for p in shipped_recipes()) == sorted(
+        p.name for p in SNAPSHOTS.glob("*.yaml")
+    )
+
+
+@pytest.mark.parametrize("path", shipped_recipes(), ids=lambda p: str(p.relative_to(RECIPES)))
+def test_resolved_recipe_is_unchanged(path):
+    """Rebuilding the recipes from partials changed no resolved value, key order or source order."""
+    from mmbert_train.config import recipe_to_yaml
+
+    assert recipe_to_yaml(load_recipe(path)) == snapshot_in_current_form(path)

@@ -83,12 +83,12 @@ def test_data_section_post_init_checks_are_config_errors():
         "root": "d",
         "languages": ["eng"],
         "tau": 0.7,
-        "sources": [{"name": "s"}],
+        "sources": {"s": {}},
         "max_seq_len": 16,
         "mask_ratio": 0.3,
     }
-    assert from_dict(DataConfig, base).sources[0].kind == "multilingual"
+    assert from_dict(DataConfig, base).sources["s"].kind == "multilingual"
     with pytest.raises(ConfigError, match=r"data.tau must be in \(0, 1\], got 1.5"):
         from_dict(DataConfig, {**base, "tau": 1.5}, "r.yaml: data")
     with pytest.raises(ConfigError, match="fixed source needs a share"):
-        from_dict(DataConfig, {**base, "sources": [{"name": "dclm", "kind": "fixed"}]}, "r.yaml: data")
+        from_dict(DataConfig, {**base, "sources": {"dclm": {"kind": "fixed"}}}, "r.yaml: data")

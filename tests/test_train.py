@@ -22,7 +22,7 @@ RECIPE = """
 name: tiny
 phase: smoke
 model: {{preset: tiny}}
-data: {{root: mds, languages: [eng], tau: 0.7, sources: [{{name: udhr}}], max_seq_len: 64, mask_ratio: 0.3}}
+data: {{root: mds, languages: [eng], tau: 0.7, sources: {{udhr: {{}}}}, max_seq_len: 64, mask_ratio: 0.3}}
 optimizer: {{lr: 3.0e-3, weight_decay: 1.0e-4}}
 scheduler: {{t_warmup: 2ba, t_decay: 4ba, decay_shape: linear, alpha_f: 0.1}}
 trainer:
@@ -213,7 +213,7 @@ def test_recipe_on_real_shards_trains_and_logs_heldout_eval(tmp_path):
               root: {mds}
               languages: [eng, arb, hin, rus]
               tau: 0.7
-              sources: [{{name: web}}]
+              sources: {{web: {{}}}}
               max_seq_len: 64
               mask_ratio: 0.3
               num_workers: 0

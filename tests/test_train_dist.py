@@ -30,7 +30,7 @@ RECIPE = """
 name: dist
 phase: smoke
 model: {preset: tiny}
-data: {root: mds, languages: [eng], tau: 0.7, sources: [{name: udhr}], max_seq_len: 64, mask_ratio: 0.3}
+data: {root: mds, languages: [eng], tau: 0.7, sources: {udhr: {}}, max_seq_len: 64, mask_ratio: 0.3}
 optimizer: {lr: 3.0e-3, weight_decay: 1.0e-4}
 scheduler: {t_warmup: 1ba, t_decay: 2ba, decay_shape: linear, alpha_f: 0.1}
 trainer:

@@ -36,13 +36,8 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from mmbert_train.data.sampling import (
-    SERVED_BY_FIXED,
-    DataValidationError,
-    PhasePlan,
-    check_tau,
-    temperature_proportions,
-)
+from mmbert_train.data.sampling import SERVED_BY_FIXED, PhasePlan, temperature_proportions
+from mmbert_train.data.spec import DataValidationError, check_tau
 
 MAX_EPOCHS = 5.0  # the paper's guideline: no language repeated more than about 5 epochs
 CSV_COLUMNS = ("phase", "item", "kind", "tau", "tokens_available", "share", "tokens_in_phase", "epochs")

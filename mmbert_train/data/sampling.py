@@ -6,7 +6,7 @@ Public API (stable; the loader and the planner build on it)::
     streams = plan.streams()                     # list[streaming.Stream] with sample `proportion`s
     dataset = StreamingDataset(streams=streams, epoch_size=plan.samples_for_tokens(phase_tokens), ...)
 
-How a phase's TOKENS are shared (mmBERT, RECIPE.md "Temperature sampling"):
+How a phase's TOKENS are shared (mmBERT, arXiv 2509.06888, "temperature sampling"):
 
 1. Each **fixed** source ``s`` (e.g. DCLM English, StarCoder code) gets its ``share`` f_s of the phase's tokens.
 2. The **multilingual** sources share ``M = 1 - sum_s f_s``. Their language folders are grouped by language
@@ -29,14 +29,15 @@ k_s = tokens_s / samples_s tokens per sample (from the manifest) gets the sample
 
 so that the expected tokens delivered, q_s * k_s / sum_j q_j * k_j, equal t_s again.
 
-The entries (and so the streams) come in a fixed order: fixed sources in recipe order, then the languages in the
-set's order, each over its sources in recipe order and its folders by name. The stream list, and with it
+The entries (and so the streams) come in a fixed order: fixed sources in the order of ``data.sources``, then the
+languages in the set's order, each over its sources in that order and its folders by name. The stream list, and with it
 Streaming's sample order for a seed, depends only on the recipe and the manifest.
 
 Before any training, :func:`build_phase_plan` checks the recipe against the data and raises
 :class:`DataValidationError` naming the item: a language of the set with no data under any source, a source (or a
 source's language folder) that does not exist, fixed shares that leave nothing (sum >= 1) or a multilingual share
-with no multilingual source, tau outside (0, 1]. Languages with data but absent from the set are ignored and
+with no multilingual source. (A share outside (0, 1) and tau outside (0, 1] are refused earlier, when the recipe is
+read: :mod:`mmbert_train.data.spec`.) Languages with data but absent from the set are ignored and
 listed in :attr:`PhasePlan.skipped` (the planner reports them).
 """
 
@@ -51,27 +52,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from mmbert_train.data.languages import LanguageSetError, normalize_language, resolve_language_set
+from mmbert_train.data.spec import DataConfig, DataValidationError, check_tau
 
 if TYPE_CHECKING:
     from streaming import Stream
 
-    from mmbert_train.data.spec import DataConfig
-
 MANIFEST_NAME = "manifest.json"
 
 
-class DataValidationError(ValueError):
-    """The recipe's data section does not fit the data on disk; the message names the item."""
-
-
 # ------------------------------------------------------------------------------------------- the formula
-
-
-def check_tau(tau: float, where: str = "tau") -> float:
-    """Return ``tau`` if it is a number in (0, 1], else raise :class:`DataValidationError` naming ``where``."""
-    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not 0.0 < tau <= 1.0 or math.isnan(tau):
-        raise DataValidationError(f"{where} must be in (0, 1], got {tau!r}")
-    return float(tau)
 
 
 def temperature_proportions(token_counts: Mapping[str, int], tau: float) -> dict[str, float]:
@@ -282,7 +271,7 @@ def build_phase_plan(
     ``check_files``: also check that every folder read holds an MDS ``index.json`` (skipped when the recipe has a
     ``remote``: the local root is then only a cache).
     """
-    tau = check_tau(data_cfg.tau, "data.tau")
+    tau = data_cfg.tau  # checked by DataConfig, as are the shares
     if manifest is None:
         manifest = data_cfg.root
         if data_cfg.remote:
@@ -296,24 +285,17 @@ def build_phase_plan(
         raise DataValidationError(str(err)) from None
     language_set = set(languages)
 
-    # ---- sources: exist, names unique, shares add up
-    names = [s.name for s in data_cfg.sources]
-    for name in names:
-        if names.count(name) > 1:
-            raise DataValidationError(f"data.sources: source {name!r} is listed twice")
+    # ---- sources: exist, shares add up
+    sources = list(data_cfg.sources.values())
+    for name in data_cfg.sources:
         if name not in available:
             raise DataValidationError(
                 f"data.sources: source {name!r} does not exist in the manifest (sources there: "
                 f"{_list_items(sorted(available))})"
             )
-    fixed = [s for s in data_cfg.sources if s.kind == "fixed"]
-    multi = [s for s in data_cfg.sources if s.kind != "fixed"]
+    fixed = [s for s in sources if s.kind == "fixed"]
+    multi = [s for s in sources if s.kind != "fixed"]
     fixed_shares = {s.name: float(s.share) for s in fixed}
-    for name, share in fixed_shares.items():
-        if not 0.0 < share < 1.0:
-            raise DataValidationError(
-                f"data.sources: fixed source {name!r} needs a share in (0, 1), got {share}"
-            )
     fixed_total = math.fsum(fixed_shares.values())
     if fixed_total >= 1.0:
         parts = " + ".join(f"{n} {s:g}" for n, s in fixed_shares.items())
@@ -361,6 +343,12 @@ def build_phase_plan(
     entries_raw: list[dict] = []  # filled with tokens/samples, shares later
     skipped: list[SkippedFolder] = []
 
+    def entry(kind: str, source, folder: str, language: str, tokens: int, samples: int) -> dict:
+        """A stream's fields but its shares (added once every source is counted)."""
+        return dict(
+            source=source.name, folder=folder, language=language, kind=kind, tokens=tokens, samples=samples
+        )
+
     # ---- fixed sources. One that names its `languages` (DCLM: [eng], StarCoder: [code]) serves them alone: those
     # ids stay out of the tau split. One that reads every folder it has (MegaWika) adds its share on top of the
     # tau split and takes no language out of it.
@@ -377,16 +365,7 @@ def build_phase_plan(
                 skipped.append(SkippedFolder(source.name, folder, language, tokens, NOT_IN_SET))
                 continue
             if tokens > 0 and samples > 0:
-                rows.append(
-                    dict(
-                        source=source.name,
-                        folder=folder,
-                        language=language,
-                        kind="fixed",
-                        tokens=tokens,
-                        samples=samples,
-                    )
-                )
+                rows.append(entry("fixed", source, folder, language, tokens, samples))
             else:
                 skipped.append(SkippedFolder(source.name, folder, language, tokens, NO_TOKENS))
         if not rows:
@@ -420,16 +399,7 @@ def build_phase_plan(
             elif tokens <= 0 or samples <= 0:
                 skipped.append(SkippedFolder(source.name, folder, language, tokens, NO_TOKENS))
             else:
-                by_language[language].append(
-                    dict(
-                        source=source.name,
-                        folder=folder,
-                        language=language,
-                        kind="multilingual",
-                        tokens=tokens,
-                        samples=samples,
-                    )
-                )
+                by_language[language].append(entry("multilingual", source, folder, language, tokens, samples))
     empty = [x for x in tau_languages if not by_language[x]]
     if empty:
         raise DataValidationError(
@@ -447,7 +417,7 @@ def build_phase_plan(
 
     # ---- files on disk
     if check_files and not data_cfg.remote:
-        for source in data_cfg.sources:
+        for source in sources:
             if not os.path.isdir(os.path.join(data_cfg.root, source.name)):
                 raise DataValidationError(
                     f"data.sources: source folder {os.path.join(data_cfg.root, source.name)} does not exist"

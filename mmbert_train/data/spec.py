@@ -17,15 +17,53 @@ folders ``root/<source>/<language>/`` it lists. Token shares of the phase:
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
 
+class DataValidationError(ValueError):
+    """A recipe's data section is wrong or does not fit the data on disk; the message names the item."""
+
+
+def check_tau(tau: float, where: str = "tau") -> float:
+    """Return ``tau`` as a float if it is a number in (0, 1], else raise :class:`DataValidationError` naming
+    ``where``. The one home of the rule: the recipe schema (``data.tau``), the sampling formula and the planner's
+    ``--tau`` all call it."""
+    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not 0.0 < tau <= 1.0 or math.isnan(tau):
+        raise DataValidationError(f"{where} must be in (0, 1], got {tau!r}")
+    return float(tau)
+
+
+def _named_sources(sources: Mapping[str, SourceConfig | None]) -> dict[str, SourceConfig]:
+    """``data.sources`` without the removed (null) entries, each source's ``name`` set from its key."""
+    if not isinstance(sources, Mapping):
+        raise ValueError(
+            "data.sources must be a mapping of source name -> {kind, share, languages} "
+            f"(e.g. {{fineweb2: {{kind: multilingual}}}}), got {type(sources).__name__}"
+        )
+    named: dict[str, SourceConfig] = {}
+    for key, source in sources.items():
+        if source is None:  # removed by a recipe that extends the one listing it
+            continue
+        if source.name and source.name != key:
+            raise ValueError(f"data.sources.{key}: its name is {source.name!r}; the key is the name")
+        source.name = key
+        named[key] = source
+    if not named:
+        raise ValueError("data.sources: no source left (every entry is null)")
+    return named
+
+
 @dataclass
 class SourceConfig:
-    """One source folder under the data root (``root/<name>/<language>/``)."""
+    """One source folder under the data root (``root/<name>/<language>/``).
 
-    name: str
+    In a recipe a source is an entry of the ``data.sources`` mapping; its key is the ``name`` (filled in by
+    :class:`DataConfig`), so the YAML entry holds only ``kind``, ``share`` and ``languages``."""
+
+    name: str = ""  # the folder name under the data root = the key under data.sources
     kind: Literal["multilingual", "fixed"] = "multilingual"
     # fixed sources: share of the phase's TOKENS (not samples), in (0, 1)
     share: float | None = None
@@ -36,14 +74,13 @@ class SourceConfig:
     languages: list[str] | None = None
 
     def __post_init__(self) -> None:
+        # the one check of a source's share; from a recipe the error is prefixed with data.sources.<name>
+        who = f"source {self.name!r}: " if self.name else ""
         if self.kind == "fixed" and (self.share is None or not 0.0 < self.share < 1.0):
-            raise ValueError(
-                f"source {self.name!r}: a fixed source needs a share in (0, 1), got {self.share}"
-            )
+            raise ValueError(f"{who}a fixed source needs a share in (0, 1), got {self.share}")
         if self.kind == "multilingual" and self.share is not None:
             raise ValueError(
-                f"source {self.name!r}: a multilingual source takes no share (it splits what the fixed "
-                "sources leave, by tau)"
+                f"{who}a multilingual source takes no share (it splits what the fixed sources leave, by tau)"
             )
 
 
@@ -82,7 +119,9 @@ class DataConfig:
     root: str  # local MDS root holding manifest.json
     languages: list[str] | str  # the phase's language set: a list of ids or a file with one id per line
     tau: float  # sampling temperature in (0, 1]
-    sources: list[SourceConfig]
+    # source name -> source, in reading order. A mapping so that a recipe extending another overrides one
+    # entry key by key (``megawika: {share: 0.05}``); ``name: null`` removes a source the parent lists.
+    sources: dict[str, SourceConfig | None]
     max_seq_len: int  # packed row length (the phase's sequence length)
     mask_ratio: float  # MLM mask ratio at the start of the phase
     mask_ratio_end: float | None = None  # linear schedule to this ratio at phase end; None = constant
@@ -94,8 +133,8 @@ class DataConfig:
     eval: EvalDataConfig = field(default_factory=EvalDataConfig)
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.tau <= 1.0:
-            raise ValueError(f"data.tau must be in (0, 1], got {self.tau}")
+        check_tau(self.tau, "data.tau")
+        self.sources = _named_sources(self.sources)
         for name in ("mask_ratio", "mask_ratio_end"):
             value = getattr(self, name)
             if value is not None and not 0.0 < value < 1.0:
