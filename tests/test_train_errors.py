@@ -20,7 +20,7 @@ MINIMAL = textwrap.dedent(
       root: {root}
       languages: [eng, rus]
       tau: 0.7
-      sources: [{{name: web}}]
+      sources: {{web: {{}}}}
       max_seq_len: 64
       mask_ratio: 0.3
       num_workers: 0

@@ -35,7 +35,7 @@ RECIPE = """
 name: tiny
 phase: pretrain
 model: {{preset: tiny, vocab_size: 512}}
-data: {{root: mds, languages: [eng], tau: 0.7, sources: [{{name: udhr}}], max_seq_len: 64, mask_ratio: 0.3}}
+data: {{root: mds, languages: [eng], tau: 0.7, sources: {{udhr: {{}}}}, max_seq_len: 64, mask_ratio: 0.3}}
 optimizer: {{lr: 3.0e-3, weight_decay: 1.0e-4}}
 scheduler: {{name: constant}}
 trainer:
