@@ -257,6 +257,8 @@ def snapshot_in_current_form(recipe: Path) -> str:
       (same sources, same order, same values);
     * ``trainer.run_name: null`` (recipes that set no run name: smoke, experiment) now shows the name the trainer
       already used for such a run, the recipe's ``name``.
+
+    Keys added to the schema since then appear with their defaults (``trainer.allow_nonfinite_loss: false``).
     """
     import yaml
     from omegaconf import OmegaConf
@@ -265,6 +267,7 @@ def snapshot_in_current_form(recipe: Path) -> str:
     old["data"]["sources"] = {s.pop("name"): s for s in old["data"]["sources"]}
     if old["trainer"]["run_name"] is None:
         old["trainer"]["run_name"] = old["name"]
+    old["trainer"].setdefault("allow_nonfinite_loss", False)
     return OmegaConf.to_yaml(OmegaConf.create(old), sort_keys=False)
 
 
