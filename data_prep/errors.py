@@ -10,6 +10,7 @@ from data_prep.udhr import UdhrError
 from mmbert_train.data.languages import LanguageNameError
 from mmbert_train.data.manifest import ManifestError
 from mmbert_train.data.mds import MDSError
+from mmbert_train.locks import LockHeldError
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
     LanguageNameError,
@@ -21,4 +22,5 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     MDSError,
     UdhrError,
     FileExistsError,
+    LockHeldError,
 )

@@ -17,9 +17,11 @@ import argparse
 import json
 from pathlib import Path
 
+from mmbert_train.atomic import atomic_write_json
 from mmbert_train.data.languages import check_language
-from mmbert_train.data.manifest import MANIFEST_NAME, empty_counts, make_manifest, write_json_atomic
+from mmbert_train.data.manifest import MANIFEST_NAME, empty_counts, make_manifest
 from mmbert_train.data.mds import MDSError, iter_input_ids
+from mmbert_train.locks import LOCK_NAME, exclusive_lock
 
 
 class StatsError(MDSError):
@@ -57,13 +59,24 @@ def find_datasets(mds_dir: Path) -> list[tuple[str, str, Path]]:
 def rebuild_manifest(
     mds_dir: str | Path, tokenizer: str | None = None, max_seq_len: int | None = None
 ) -> dict:
-    """Recount every dataset under ``mds_dir`` and write ``manifest.json``; returns the manifest."""
+    """Recount every dataset under ``mds_dir`` and write ``manifest.json``; returns the manifest.
+
+    Holds ``mds_dir/.lock`` like ``prep tokenize``, so it never counts a folder another run is writing.
+    """
     mds_dir = Path(mds_dir)
+    if not mds_dir.is_dir():
+        raise StatsError(f"{mds_dir}: no such folder")
+    with exclusive_lock(mds_dir / LOCK_NAME, command="mmbert prep stats"):
+        return _rebuild_locked(mds_dir, tokenizer, max_seq_len)
+
+
+def _rebuild_locked(mds_dir: Path, tokenizer: str | None, max_seq_len: int | None) -> dict:
     datasets = find_datasets(mds_dir)
     if not datasets:
         raise StatsError(f"{mds_dir}: no MDS/<source>/<language>/index.json found")
     sources: dict = {}
-    tokenizers, lengths, longest = set(), set(), 0
+    tokenizers, lengths, fingerprints, longest = set(), set(), set(), 0
+    foreign = False  # some dataset has no done.json
     for source, language, folder in datasets:
         counts = empty_counts()
         done_file = folder / "done.json"
@@ -79,10 +92,13 @@ def rebuild_manifest(
                 counts[key] = done["counts"][key]
             tokenizers.add(done["tokenizer"])
             lengths.add(done["max_seq_len"])
+            fingerprints.add(json.dumps(done.get("tokenizer_fingerprint") or None, sort_keys=True))
         else:
+            foreign = True
             counts["documents"] = counts["samples"] + heldout_samples
             counts["heldout_documents"] = heldout_samples
         sources.setdefault(source, {})[language] = counts
+    recorded = set(tokenizers)
     previous = mds_dir / MANIFEST_NAME
     if tokenizer is None and not tokenizers and previous.exists():
         try:  # foreign data described by an earlier `stats --tokenizer ...`: keep its tokenizer
@@ -98,8 +114,11 @@ def rebuild_manifest(
         tokenizer = tokenizers.pop()
     if max_seq_len is None:
         max_seq_len = lengths.pop() if len(lengths) == 1 else longest
-    manifest = make_manifest(tokenizer, max_seq_len, sources)
-    write_json_atomic(mds_dir / MANIFEST_NAME, manifest)
+    # a fingerprint only when every dataset is ours, all recorded the same one and the tokenizer keeps its name
+    same = len(fingerprints) == 1 and recorded == {tokenizer} and len(fingerprints) and not foreign
+    fingerprint = json.loads(next(iter(fingerprints))) if same else None
+    manifest = make_manifest(tokenizer, max_seq_len, sources, tokenizer_fingerprint=fingerprint)
+    atomic_write_json(mds_dir / MANIFEST_NAME, manifest)
     return manifest
 
 

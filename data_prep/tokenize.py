@@ -11,6 +11,16 @@ Pipeline, for every (source, language) group:
    leading dot) is always finished, and a rerun skips it. The parts are only read, so a merge killed halfway
    is simply redone.
 
+Long documents: a document longer than :data:`data_prep.pieces.PIECE_CHARS` characters is encoded window by
+window (:mod:`data_prep.pieces`), so a worker's memory is bounded by the window and the document's ids, not by
+the tokenizer's per-token bookkeeping for the whole document; the ids are those of encoding it whole.
+
+Safety: one run at a time per output folder (``MDS/.lock``, taken over when its holder has died); workers die
+with the main process (:func:`mmbert_train.processes.die_with_parent`); a worker that dies (killed, out of
+memory) stops the run with an error naming it and the file it was on, and the next run continues. Settings that
+change the output (tokenizer fingerprint, ``max_seq_len``, ``heldout_fraction``; ``text_field`` per group) are
+recorded in every group's ``done.json`` and a run with other values is refused.
+
 Samples: every document becomes ``<bos> t_1 .. t_k <eos>`` when ``k <= max_seq_len - 2``; a longer one is cut into
 consecutive pieces of ``max_seq_len - 2`` tokens, each wrapped in bos/eos, so no token is lost. Ids are uint32.
 
@@ -36,13 +46,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mmbert_train.data.manifest import (
-    COUNT_KEYS,
-    MANIFEST_NAME,
-    empty_counts,
-    make_manifest,
-    write_json_atomic,
-)
+from mmbert_train.atomic import atomic_write_json
+from mmbert_train.data.manifest import COUNT_KEYS, MANIFEST_NAME, empty_counts, make_manifest
+from mmbert_train.locks import LOCK_NAME, exclusive_lock
 
 MDS_COLUMNS = {"input_ids": "ndarray:uint32"}
 COMPRESSION = "zstd"
@@ -50,6 +56,7 @@ SHARD_SIZE_LIMIT = 1 << 26  # 64 MiB of uncompressed samples per shard (Streamin
 DONE_NAME = "done.json"
 HELDOUT_DIR = "heldout"
 ENCODE_BATCH_DOCS = 64
+ENCODE_BATCH_CHARS = 1 << 19  # ... or fewer, so one batch's Encodings stay around 100 MB
 KEEP_REASONS = 20  # skipped-record reasons kept per part and group (in done.json)
 SHOW_REASONS = 5  # ... and printed per group
 
@@ -117,13 +124,23 @@ def _read_hf(part: PartInput, text_field: str) -> Iterator[tuple[int | None, str
     ds = _load_hf(part.hf)
     if part.hf_num_shards > 1:
         ds = ds.shard(num_shards=part.hf_num_shards, index=part.hf_shard)
+    rows = with_field = 0
     for row, record in enumerate(ds, start=1):
+        rows += 1
         if text_field not in record:
+            if rows == 1:
+                first_keys = ", ".join(map(repr, record))
             yield row, None, f"missing text field {text_field!r}"
             continue
+        with_field += 1
         text = record[text_field]
         reason = check_text(text, text_field)
         yield row, (None if reason else text), reason
+    if rows and not with_field:
+        raise PrepError(
+            f"{part.describe()}: none of its {rows} rows has the text field {text_field!r} (the first one has "
+            f"{first_keys or 'no fields'}); set --text-field"
+        )
 
 
 def _records(part: PartInput, text_field: str):
@@ -140,13 +157,29 @@ def _records(part: PartInput, text_field: str):
 
 @dataclass(frozen=True)
 class Settings:
+    """Everything that changes what a group's MDS holds; recorded in ``done.json`` and checked on every rerun."""
+
     tokenizer: str  # as recorded in the manifest
     max_seq_len: int
     heldout_fraction: float
     text_field: str
+    tokenizer_fingerprint: dict = field(default_factory=dict)  # data_prep.tokenizer.tokenizer_fingerprint
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+# The settings one output folder shares (a manifest describes one tokenizer, one length, one split) and the
+# ones that only have to match when a finished group is rerun (sources may differ in their text field).
+OUTPUT_SETTINGS = ("tokenizer", "tokenizer_fingerprint", "max_seq_len", "heldout_fraction")
+GROUP_SETTINGS = ("text_field",)
+FLAG_NAMES = {
+    "tokenizer": "--tokenizer",
+    "tokenizer_fingerprint": "tokenizer fingerprint",
+    "max_seq_len": "--max-seq-len",
+    "heldout_fraction": "--heldout-fraction",
+    "text_field": "--text-field",
+}
 
 
 @dataclass
@@ -156,6 +189,9 @@ class PartResult:
     counts: dict = field(default_factory=empty_counts)
     reasons: list = field(default_factory=list)  # first skipped records: "file:line: reason"
     candidate_u: float | None = None  # smallest-u training document kept back, if any
+    warnings: list = field(default_factory=list)  # e.g. an empty input file
+    long_documents: int = 0  # documents encoded in pieces (data_prep.pieces)
+    unmatched_joins: int = 0  # piece joins where the windows never agreed (ids may differ there)
 
 
 def heldout_u(data: bytes) -> float:
@@ -179,8 +215,13 @@ def split_into_samples(ids: np.ndarray, max_seq_len: int, bos: int, eos: int) ->
 _WORKER: dict = {}  # per-process state: the tokenizer, the progress queue
 
 
-def _init_worker(tokenizer_json: str, bos: int, eos: int, queue=None) -> None:
+def _init_worker(tokenizer_json: str, bos: int, eos: int, queue=None, parent_pid: int | None = None) -> None:
     from tokenizers import Tokenizer
+
+    if parent_pid is not None:  # a pool worker: exit when the main process dies, even by kill -9
+        from mmbert_train.processes import die_with_parent
+
+        die_with_parent(parent_pid)
 
     tok = Tokenizer.from_str(tokenizer_json)
     try:
@@ -197,10 +238,10 @@ def _mds_writer(out: Path):
     return MDSWriter(out=str(out), columns=MDS_COLUMNS, compression=COMPRESSION, size_limit=SHARD_SIZE_LIMIT)
 
 
-def _encode(texts: list[str]) -> list[list[int]]:
+def _encode(texts: list[str]) -> list[np.ndarray]:
     tok = _WORKER["tokenizer"]
     encode = getattr(tok, "encode_batch_fast", tok.encode_batch)
-    return [e.ids for e in encode(texts, add_special_tokens=False)]
+    return [np.asarray(e.ids, dtype=np.uint32) for e in encode(texts, add_special_tokens=False)]
 
 
 def tokenize_part(
@@ -215,7 +256,13 @@ def tokenize_part(
 
     Writes under ``.NNNNN.tmp`` first; the finished folder is renamed to ``part_dir`` with ``part.json`` inside.
     """
+    from data_prep.pieces import PIECE_CHARS, encode_in_pieces
+
     bos, eos = _WORKER["bos"], _WORKER["eos"]
+    where = part.describe()
+    queue = _WORKER.get("queue")
+    if queue is not None:  # first thing: a worker killed from here on can be named with its input
+        queue.put(("start", os.getpid(), where))
     final = Path(part_dir)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -223,8 +270,10 @@ def tokenize_part(
     result = PartResult(group, index)
     counts = result.counts
     candidate: tuple[float, list[np.ndarray]] | None = None
-    where = part.describe()
-    queue = _WORKER.get("queue")
+    if part.path is not None:
+        from data_prep.readers import file_warnings
+
+        result.warnings += file_warnings(Path(part.path))
     last_report = [time.monotonic(), 0, 0]  # time, documents, tokens not yet reported
 
     def report(docs: int, tokens: int, force: bool = False) -> None:
@@ -235,7 +284,7 @@ def tokenize_part(
             if progress is not None:
                 progress(last_report[1], last_report[2])
             elif queue is not None:
-                queue.put((last_report[1], last_report[2]))
+                queue.put(("progress", last_report[1], last_report[2]))
             last_report[:] = [now, 0, 0]
 
     heldout = None  # most parts hold out nothing: open that writer on the first held-out document
@@ -250,8 +299,16 @@ def tokenize_part(
         def flush(batch: list[tuple[str, float]]) -> None:
             nonlocal candidate, heldout
             batch_tokens = 0
-            for (_, u), ids in zip(batch, _encode([text for text, _ in batch])):
-                samples = split_into_samples(np.asarray(ids, dtype=np.uint32), settings.max_seq_len, bos, eos)
+            if len(batch) == 1 and len(batch[0][0]) > PIECE_CHARS:  # a long document: window by window
+                ids, unmatched = encode_in_pieces(_WORKER["tokenizer"], batch[0][0], PIECE_CHARS)
+                result.long_documents += 1
+                result.unmatched_joins += unmatched
+                encoded = [ids]
+            else:
+                encoded = _encode([text for text, _ in batch])
+            batch[:] = [(None, u) for _, u in batch]  # drop the texts before the samples are built
+            for (_, u), ids in zip(batch, encoded):
+                samples = split_into_samples(ids, settings.max_seq_len, bos, eos)
                 batch_tokens += len(ids)
                 counts["documents"] += 1
                 if u < settings.heldout_fraction:
@@ -269,10 +326,11 @@ def tokenize_part(
             report(len(batch), batch_tokens)
 
         batch: list[tuple[str, float]] = []
+        batch_chars = 0
         for line, text, reason in _records(part, settings.text_field):
             if text is not None:
                 try:
-                    data = text.encode("utf-8")
+                    u = heldout_u(text.encode("utf-8"))
                 except UnicodeEncodeError as exc:  # a lone surrogate from a JSON \ud800 escape
                     text, reason = None, f"text is not valid Unicode ({exc.reason} at character {exc.start})"
             if text is None:
@@ -280,10 +338,15 @@ def tokenize_part(
                 if len(result.reasons) < KEEP_REASONS:
                     result.reasons.append(f"{where}{'' if line is None else f':{line}'}: {reason}")
                 continue
-            batch.append((text, heldout_u(data)))
-            if len(batch) >= ENCODE_BATCH_DOCS:
+            if len(text) > PIECE_CHARS and batch:  # a long document goes alone; first encode those before it
                 flush(batch)
-                batch = []
+                batch, batch_chars = [], 0
+            batch.append((text, u))
+            batch_chars += len(text)
+            full = len(batch) >= ENCODE_BATCH_DOCS or batch_chars >= ENCODE_BATCH_CHARS
+            if full or len(text) > PIECE_CHARS:
+                flush(batch)
+                batch, batch_chars = [], 0
         if batch:
             flush(batch)
         if heldout is not None:
@@ -293,9 +356,11 @@ def tokenize_part(
         result.candidate_u = candidate[0]
         np.save(tmp / "candidate.npy", np.concatenate(candidate[1]))
         np.save(tmp / "candidate_lengths.npy", np.array([len(s) for s in candidate[1]], dtype=np.int64))
-    write_json_atomic(tmp / "part.json", asdict(result))
+    atomic_write_json(tmp / "part.json", asdict(result))
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
+    if queue is not None:
+        queue.put(("end", os.getpid(), where))
     return result
 
 
@@ -336,7 +401,7 @@ def _move_shards(src: Path, dst: Path, shards: list[dict], keep_source: bool = T
 
 def _write_index(folder: Path, shards: list[dict]) -> None:
     if shards:
-        write_json_atomic(folder / "index.json", {"version": 2, "shards": shards})
+        atomic_write_json(folder / "index.json", {"version": 2, "shards": shards})
 
 
 def _write_candidates(folder: Path, staging: Path, part_dirs: list[Path], shards: list[dict]) -> None:
@@ -361,11 +426,15 @@ def merge_group(staging: Path, final: Path, n_parts: int, settings: Settings, in
     part_dirs = [staging / "parts" / f"{i:05}" for i in range(n_parts)]
     results = [json.loads((d / "part.json").read_text()) for d in part_dirs]
     counts = empty_counts()
-    reasons = []
+    reasons, warnings = [], []
+    long_documents = unmatched_joins = 0
     for r in results:
         for k in COUNT_KEYS:
             counts[k] += r["counts"][k]
         reasons += r["reasons"][: KEEP_REASONS - len(reasons)]
+        warnings += r.get("warnings", [])
+        long_documents += r.get("long_documents", 0)
+        unmatched_joins += r.get("unmatched_joins", 0)
     with_candidate = [(r["candidate_u"], i) for i, r in enumerate(results) if r["candidate_u"] is not None]
     promoted = None
     if counts["heldout_documents"] == 0 and counts["documents"] >= 2 and with_candidate:
@@ -392,13 +461,12 @@ def merge_group(staging: Path, final: Path, n_parts: int, settings: Settings, in
     _write_index(out / HELDOUT_DIR, heldout_shards)
     if not heldout_shards:
         (out / HELDOUT_DIR).rmdir()
-    write_json_atomic(
-        out / DONE_NAME,
-        {**settings.as_dict(), "inputs": inputs, "counts": counts, "skipped_examples": reasons},
-    )
+    done = {**settings.as_dict(), "inputs": inputs, "counts": counts, "skipped_examples": reasons}
+    done.update(warnings=warnings, long_documents=long_documents, unmatched_joins=unmatched_joins)
+    atomic_write_json(out / DONE_NAME, done)
     os.replace(out, final)  # the commit point
     shutil.rmtree(staging, ignore_errors=True)
-    return {"counts": counts, "reasons": reasons}
+    return {"counts": counts, "reasons": reasons, "warnings": warnings, "unmatched_joins": unmatched_joins}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -458,19 +526,60 @@ def write_manifest_from_done(mds_dir: Path, settings: Settings) -> dict:
     sources: dict = {}
     for (source, language), info in read_done(mds_dir).items():
         sources.setdefault(source, {})[language] = info["counts"]
-    manifest = make_manifest(settings.tokenizer, settings.max_seq_len, sources)
-    write_json_atomic(mds_dir / MANIFEST_NAME, manifest)
+    manifest = make_manifest(
+        settings.tokenizer,
+        settings.max_seq_len,
+        sources,
+        tokenizer_fingerprint=settings.tokenizer_fingerprint,
+    )
+    atomic_write_json(mds_dir / MANIFEST_NAME, manifest)
     return manifest
 
 
-def _check_settings(done: dict, settings: Settings, mds_dir: Path) -> None:
+def _describe_setting(key: str, value, first: bool = True) -> str:
+    """``--max-seq-len 8192`` (or ``8192`` when not ``first``); a fingerprint as its vocab size and hash."""
+    if key == "tokenizer_fingerprint":
+        what = "a tokenizer" if first else "one"
+        return f"{what} of vocab size {value.get('vocab_size')}, sha256 {str(value.get('sha256'))[:12]}"
+    return f"{FLAG_NAMES[key]} {value!r}" if first else repr(value)
+
+
+def check_settings(
+    done: dict, settings: Settings, mds_dir: Path, planned: set, log: Callable[[str], None] = print
+) -> None:
+    """Refuse a run whose settings differ from those the finished groups were made with.
+
+    Output-wide settings (:data:`OUTPUT_SETTINGS`) must match every finished group; per-group ones
+    (:data:`GROUP_SETTINGS`) only the finished groups this run would otherwise skip (``planned`` keys).
+    """
+    unverified = []
     for (source, language), info in done.items():
-        for key in ("tokenizer", "max_seq_len"):
-            if info.get(key) != getattr(settings, key):
-                raise PrepError(
-                    f"{mds_dir / source / language}: already tokenized with {key}={info.get(key)!r}, "
-                    f"not {getattr(settings, key)!r}; use another --output folder or delete that one"
+        keys = OUTPUT_SETTINGS + (GROUP_SETTINGS if (source, language) in planned else ())
+        for key in keys:
+            recorded, wanted = info.get(key), getattr(settings, key)
+            if key == "tokenizer_fingerprint" and not recorded:
+                unverified.append(f"{source}/{language}")  # made before fingerprints were recorded
+                continue
+            if json.loads(json.dumps(recorded)) == json.loads(json.dumps(wanted)):
+                continue
+            where = mds_dir / source / language
+            if key in GROUP_SETTINGS:
+                advice = f"delete {where} to redo it with the new value, or run with the recorded one"
+            else:
+                advice = (
+                    "an output folder holds data of one tokenizer, --max-seq-len and --heldout-fraction; use "
+                    f"another --output folder, or delete the finished groups under {mds_dir} to redo them"
                 )
+            changed = " (same name, other files)" if key == "tokenizer_fingerprint" else ""
+            raise PrepError(
+                f"{where}: already tokenized with {_describe_setting(key, recorded)}, not "
+                f"{_describe_setting(key, wanted, first=False)}{changed}; refused: {advice}"
+            )
+    if unverified:
+        log(
+            f"note: {len(unverified)} finished group(s) ({', '.join(unverified[:3])}{', ...' * (len(unverified) > 3)}) "
+            "record no tokenizer fingerprint (made by an older version); their tokenizer cannot be verified"
+        )
 
 
 def _prepare_staging(staging: Path, plan: GroupPlan, settings: Settings) -> list[int]:
@@ -486,7 +595,7 @@ def _prepare_staging(staging: Path, plan: GroupPlan, settings: Settings) -> list
             shutil.rmtree(staging)
     if not staging.exists():
         (staging / "parts").mkdir(parents=True)
-        write_json_atomic(plan_file, wanted)
+        atomic_write_json(plan_file, wanted)
     for stale in (staging / "parts").glob(".*"):
         shutil.rmtree(stale, ignore_errors=True)  # parts a killed run left half-written
     return [i for i in range(len(plan.parts)) if not (staging / "parts" / f"{i:05}" / "part.json").exists()]
@@ -517,8 +626,12 @@ def run_tokenize(
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> RunSummary:
-    """Tokenize the planned groups into ``mds_dir`` (see the module docstring); returns the run's totals."""
-    from data_prep.tokenizer import load_tokenizer
+    """Tokenize the planned groups into ``mds_dir`` (see the module docstring); returns the run's totals.
+
+    Holds ``mds_dir/.lock`` for the whole run: a second run into the same folder is refused
+    (:class:`mmbert_train.locks.LockHeldError`), a lock left by a dead run is taken over.
+    """
+    from data_prep.tokenizer import load_tokenizer, tokenizer_fingerprint
 
     if max_seq_len < 3:
         raise PrepError("--max-seq-len must be at least 3 (bos + one token + eos)")
@@ -527,10 +640,15 @@ def run_tokenize(
     mds_dir = Path(mds_dir)
     hf_tok = load_tokenizer(tokenizer_name)
     recorded = str(Path(tokenizer_name).resolve()) if Path(tokenizer_name).is_dir() else tokenizer_name
-    settings = Settings(recorded, max_seq_len, heldout_fraction, text_field)
+    settings = Settings(recorded, max_seq_len, heldout_fraction, text_field, tokenizer_fingerprint(hf_tok))
     mds_dir.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(mds_dir / LOCK_NAME, command="mmbert prep tokenize", log=log):
+        return _run_locked(plans, mds_dir, hf_tok, settings, workers=workers, progress=progress, log=log)
+
+
+def _run_locked(plans, mds_dir: Path, hf_tok, settings: Settings, *, workers, progress, log) -> RunSummary:
     done = read_done(mds_dir)
-    _check_settings(done, settings, mds_dir)
+    check_settings(done, settings, mds_dir, {(p.source, p.language) for p in plans}, log)
 
     start = time.monotonic()
     summary = RunSummary()
@@ -570,9 +688,21 @@ def run_tokenize(
         summary.groups_done += 1
         for k in ("documents", "samples", "tokens", "skipped", "heldout_documents"):
             setattr(summary, k, getattr(summary, k) + counts[k])
+        for warning in merged["warnings"]:
+            bar.write(f"warning: {key}: {warning}")
         if counts["skipped"]:
             shown = "\n".join(f"    {r}" for r in merged["reasons"][:SHOW_REASONS])
             bar.write(f"{key}: skipped {counts['skipped']} record(s); first ones:\n{shown}")
+        if counts["documents"] == 0:
+            bar.write(
+                f"warning: {key}: no documents at all ({counts['skipped']} skipped record(s)); finished empty. "
+                f"Check the files and --text-field {settings.text_field!r}, then delete {final} and rerun"
+            )
+        if merged["unmatched_joins"]:
+            bar.write(
+                f"warning: {key}: {merged['unmatched_joins']} join(s) of long documents tokenized in pieces "
+                "found no agreement; a token or two around each may differ from encoding the document whole"
+            )
         bar.group_done()
 
     for key, n in list(remaining.items()):
@@ -607,33 +737,85 @@ def run_tokenize(
     return summary
 
 
+def _dead_worker_error(running: dict[int, str], exit_codes: dict[int, int | None]) -> PrepError:
+    """The error for a pool whose worker died: which process, by which signal, on which input.
+
+    ``exit_codes`` are the pool's workers after it shut down; the pool itself ends the survivors with SIGTERM,
+    so the others are the ones that died first.
+    """
+    import signal
+
+    lines = []
+    for pid, code in sorted(exit_codes.items()):
+        if code is None or code == 0 or code == -signal.SIGTERM:
+            continue
+        if code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = "unknown signal"
+            how = f"was killed by signal {-code} ({name}"
+            how += ": kill -9, or the out-of-memory killer)" if -code == signal.SIGKILL else ")"
+        else:
+            how = f"exited with code {code}"
+        where = f" while tokenizing {running[pid]}" if pid in running else ""
+        lines.append(f"worker process {pid} {how}{where}")
+    what = "; ".join(lines) or "a worker process died abruptly (killed, or out of memory)"
+    return PrepError(
+        f"{what}. The run stopped; finished groups and parts are kept, rerun the same command to continue"
+    )
+
+
 def _run_pool(tasks, workers, tokenizer_json, bos, eos, bar, remaining, finish_group) -> None:
     import multiprocessing as mp
     import queue as queue_mod
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
 
     ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
     progress_queue = ctx.Queue()
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                             initargs=(tokenizer_json, bos, eos, progress_queue)) as pool:  # fmt: skip
+    running: dict[int, str] = {}  # worker pid -> the input it is on
+
+    def drain() -> None:
+        while True:
+            try:
+                kind, *rest = progress_queue.get_nowait()
+            except (queue_mod.Empty, OSError, ValueError):
+                return
+            if kind == "progress":
+                bar.update(*rest)
+            elif kind == "start":
+                running[rest[0]] = rest[1]
+            else:
+                running.pop(rest[0], None)
+
+    def run(pool) -> bool:
+        """Submit everything and handle results; False when a worker died (the pool is broken)."""
         pending = {pool.submit(_run_part, task) for task in tasks}
         try:
             while pending:
                 finished, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-                while True:
-                    try:
-                        bar.update(*progress_queue.get_nowait())
-                    except queue_mod.Empty:
-                        break
+                drain()
                 for future in finished:
-                    result = future.result()  # re-raises a worker's error (bad file, full disk) here
+                    try:
+                        result = future.result()  # re-raises a worker's error (bad file, full disk) here
+                    except BrokenProcessPool:
+                        return False
                     remaining[result.group] -= 1
                     if remaining[result.group] == 0:
                         finish_group(result.group)
-        except BaseException:
+            return True
+        finally:
             for future in pending:
                 future.cancel()
-            raise
+
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                             initargs=(tokenizer_json, bos, eos, progress_queue, os.getpid())) as pool:  # fmt: skip
+        ok = run(pool)
+        processes = dict(getattr(pool, "_processes", None) or {})  # private, read only for exit codes
+    if not ok:  # the pool has shut down: its workers have exit codes now
+        drain()
+        raise _dead_worker_error(running, {pid: p.exitcode for pid, p in processes.items()})
 
 
 class _Progress:

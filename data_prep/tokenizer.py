@@ -20,6 +20,7 @@ language that has at least that much text.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from collections import defaultdict
@@ -51,6 +52,24 @@ def load_tokenizer(name_or_path: str):
         raise TokenizerError(f"tokenizer {name_or_path!r} is not a fast (Rust) tokenizer; convert it first")
     check_special_ids(tokenizer, name_or_path)
     return tokenizer
+
+
+def tokenizer_fingerprint(tokenizer) -> dict:
+    """What identifies a tokenizer's ids: ``{"sha256", "vocab_size", "special_ids"}``.
+
+    ``sha256`` hashes the backend tokenizer exactly as tokenization uses it (its ``tokenizer.json``: vocabulary,
+    merges, normalizer, pre-tokenizer, added tokens), serialised with sorted keys so the hash does not depend
+    on how the file was formatted; the tokenizer's other files (config, special-tokens map) only name special
+    tokens, which ``special_ids`` records. A tokenizer replaced at the same path or Hub id gets another
+    fingerprint; the same tokenizer loaded from another copy gets the same one.
+    """
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    canonical = json.dumps(spec, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return {
+        "sha256": hashlib.sha256(canonical.encode("utf-8")).hexdigest(),
+        "vocab_size": len(tokenizer),
+        "special_ids": {role: getattr(tokenizer, f"{role}_token_id", None) for role in SPECIAL_IDS},
+    }
 
 
 def check_special_ids(tokenizer, name: str) -> None:

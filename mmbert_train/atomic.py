@@ -1,24 +1,77 @@
-"""Publishing outputs atomically: a directory is built under a temporary sibling and renamed into place at the
-end; a file is written to a temporary name in its folder and renamed (:func:`atomic_write_bytes`).
+"""Publishing outputs atomically: write under a temporary name next to the target, rename it into place at the end.
 
-Every command that writes a directory a later step reads (tokenizer, sample corpus, exported or merged model)
-goes through :func:`atomic_output_dir`, so a crashed or interrupted run leaves either the old directory or the
-complete new one, never a half-written one.
+* Directories: :func:`atomic_output_dir` (tokenizer, sample corpus, exported or merged model). The temporary
+  sibling is ``.NAME.tmp-PID``; an overwritten output is moved to ``.NAME.old-PID`` for the instant of the swap.
+* Files: :func:`atomic_write_text`, :func:`atomic_write_bytes`, :func:`atomic_write_json` (manifests, indexes,
+  markers, tables). The temporary file ``.NAME.tmp-PID-RANDOM`` is flushed and fsynced before ``os.replace``,
+  so the target holds the old content or the whole new one, even after a crash or power loss.
+
+A crashed or killed run leaves either the old output or the complete new one, never a half-written one. What it
+leaves next to it (its temporary names) is removed by the next run that writes the same output: a leftover
+whose PID no longer runs on this machine is deleted; a ``.NAME.old-PID`` of a dead run while ``NAME`` itself is
+missing (killed in the middle of the swap) is the previous output and is renamed back first.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
+import secrets
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+from mmbert_train.processes import pid_alive
+
+
+def _leftovers(out: Path, kind: str) -> Iterator[tuple[Path, int]]:
+    """``(path, pid)`` of the ``.NAME.<kind>-PID[-RANDOM]`` siblings of ``out`` whose PID is dead."""
+    pattern = re.compile(rf"^\.{re.escape(out.name)}\.{kind}-(\d+)(?:-[0-9a-f]+)?$")
+    try:
+        siblings = list(out.parent.iterdir())
+    except FileNotFoundError:
+        return
+    for path in siblings:
+        match = pattern.match(path.name)
+        if match and int(match.group(1)) != os.getpid() and not pid_alive(int(match.group(1))):
+            yield path, int(match.group(1))
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def clean_leftovers(out: str | os.PathLike) -> list[Path]:
+    """Remove what killed runs left next to ``out`` (see the module docstring); returns the paths removed.
+
+    Called by every writer here; call it yourself to tidy a folder without writing.
+    """
+    out = Path(out)
+    removed = []
+    for old, _ in _leftovers(out, "old"):
+        if not out.exists() and not out.is_symlink():
+            old.rename(out)  # killed between "move the old output aside" and "move the new one in"
+        else:
+            _remove(old)
+            removed.append(old)
+    for tmp, _ in _leftovers(out, "tmp"):
+        _remove(tmp)
+        removed.append(tmp)
+    return removed
 
 
 @contextlib.contextmanager
 def atomic_output_dir(out: Path, *, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary directory next to ``out``; move it to ``out`` when the block ends without error."""
     out = Path(out)
+    clean_leftovers(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"output {out} already exists (pass --overwrite to replace it)")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -43,11 +96,11 @@ def atomic_output_dir(out: Path, *, overwrite: bool = False) -> Iterator[Path]:
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary name in the same folder (flushed and fsynced), then rename:
-    a reader sees the old file or the whole new one, never a prefix."""
+    """Write ``data`` to ``path`` atomically: a temporary file in the same folder, fsync, ``os.replace``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    clean_leftovers(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
     try:
         with open(tmp, "wb") as f:
             f.write(data)
@@ -55,18 +108,25 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
         raise
     return path
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """:func:`atomic_write_bytes` of ``text`` in UTF-8."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
+    """:func:`atomic_write_bytes` of ``text`` encoded with ``encoding``."""
+    return atomic_write_bytes(path, text.encode(encoding))
 
 
-def atomic_write_json(path: str | os.PathLike, obj: object) -> Path:
-    """``obj`` as indented, key-sorted JSON with a final newline, written with :func:`atomic_write_bytes`."""
-    import json
-
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+def atomic_write_json(
+    path: str | os.PathLike,
+    obj: Any,
+    *,
+    indent: int | None = 2,
+    sort_keys: bool = True,
+    ensure_ascii: bool = True,
+) -> Path:
+    """:func:`atomic_write_text` of ``obj`` as JSON (by default indented, keys sorted) with a final newline."""
+    text = json.dumps(obj, indent=indent, sort_keys=sort_keys, ensure_ascii=ensure_ascii)
+    return atomic_write_text(path, text + "\n")

@@ -10,7 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 LIBRARIES = ("model", "checkpoints", "data", "evaluation", "merge", "train")
-LIBRARY_MODULES = ("atomic", "config", "constants", "schema")
+LIBRARY_MODULES = ("atomic", "config", "constants", "locks", "processes", "schema")
 
 
 def module_name(path: Path) -> str:

@@ -258,7 +258,7 @@ def test_rerun_after_success_does_nothing(tmp_path, tokenizer_dir):
     assert summary.groups_done == 0 and summary.groups_skipped == len(SAMPLE_TEXTS)
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "mds" / "web").rglob("*")} == before
     assert load_manifest(tmp_path / "mds") == summary.manifest
-    with pytest.raises(tokmod.PrepError, match="already tokenized with max_seq_len=8192, not 128"):
+    with pytest.raises(tokmod.PrepError, match="already tokenized with --max-seq-len 8192, not 128; refused"):
         tokenize(raw, tmp_path / "mds", tokenizer_dir, max_seq_len=128)
 
 

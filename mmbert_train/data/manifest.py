@@ -3,8 +3,13 @@
 Schema (Contract 2 in docs/architecture.md)::
 
     {"tokenizer": str, "max_seq_len": int,
+     "tokenizer_fingerprint": {"sha256": str, "vocab_size": int, "special_ids": {role: int}},  # optional
      "sources": {source: {language: {"documents": int, "samples": int, "tokens": int,
                                      "skipped": int, "heldout_documents": int}}}}
+
+``tokenizer_fingerprint`` identifies the tokenizer the ids were made with (written by ``mmbert prep tokenize``:
+the sha256 of its canonical ``tokenizer.json``, its vocabulary size and special ids); manifests of foreign data
+may lack it.
 
 ``documents`` counts every valid document, held-out ones included; ``samples`` and ``tokens`` count the training
 dataset only (bos/eos included), ``heldout_documents`` the documents written to ``<language>/heldout/``;
@@ -32,24 +37,18 @@ def empty_counts() -> dict[str, int]:
     return dict.fromkeys(COUNT_KEYS, 0)
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write ``obj`` as JSON to a temporary name in the same folder, then rename: readers never see half a file.
-
-    No fsync: the rename protects against a killed process (the case we care about), not against power loss.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
-def make_manifest(tokenizer: str, max_seq_len: int, sources: dict[str, dict[str, dict[str, int]]]) -> dict:
-    """A manifest dict with sources and languages in sorted order."""
+def make_manifest(
+    tokenizer: str,
+    max_seq_len: int,
+    sources: dict[str, dict[str, dict[str, int]]],
+    tokenizer_fingerprint: dict | None = None,
+) -> dict:
+    """A manifest dict with sources and languages in sorted order (the fingerprint only when known)."""
+    fingerprint = {"tokenizer_fingerprint": tokenizer_fingerprint} if tokenizer_fingerprint else {}
     return {
         "tokenizer": tokenizer,
         "max_seq_len": int(max_seq_len),
+        **fingerprint,
         "sources": {
             source: {
                 language: {k: int(counts[k]) for k in COUNT_KEYS}
@@ -76,6 +75,16 @@ def check_manifest(manifest: Any, where: str = "manifest") -> dict:
     max_len = manifest["max_seq_len"]
     if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 3:
         fail("'max_seq_len'", "an integer >= 3", max_len)
+    if "tokenizer_fingerprint" in manifest:
+        fp = manifest["tokenizer_fingerprint"]
+        expected = "an object {sha256: str, vocab_size: int, special_ids: {role: int}}"
+        if not (
+            isinstance(fp, dict)
+            and isinstance(fp.get("sha256"), str)
+            and isinstance(fp.get("vocab_size"), int)
+            and isinstance(fp.get("special_ids"), dict)
+        ):
+            fail("'tokenizer_fingerprint'", expected, fp)
     if not isinstance(manifest["sources"], dict):
         fail("'sources'", "an object {source: {language: counts}}", manifest["sources"])
     for source, languages in manifest["sources"].items():
