@@ -292,29 +292,33 @@ build_trainer(recipe, train_dataloader=fixed_data_spec(packed_batches(4, 4, 64, 
 
 @pytest.mark.slow
 def test_sigkill_at_many_points_of_a_save_always_resumes_from_the_newest_complete_checkpoint(tmp_path):
-    """A real run saving every batch, killed -9 at different moments (while a checkpoint file is being written
-    or renamed, or between saves); each relaunch continues from the newest complete checkpoint."""
+    """A real run saving every batch, killed -9 at different moments after a new checkpoint write started (while
+    the file is written, renamed, or between two saves); each relaunch continues from the newest complete
+    checkpoint, and the run goes on from there."""
     recipe_at(tmp_path, steps=4)  # writes r.yaml
     folder = tmp_path / "ckpt"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    delays = [0.0, 0.002, 0.005, 0.013, 0.031, 0.07]
-    for delay in delays:
+    newest = 0
+    for delay in [0.0, 0.003, 0.02, 0.25]:
         proc = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(tmp_path / "r.yaml")], env=env)
-        start_names = set(checkpoint_names(folder)) if folder.exists() else set()
-        deadline = time.monotonic() + 300
-        # wait until a new checkpoint is being written (a temporary file) or has just appeared
-        while time.monotonic() < deadline:
-            if folder.exists() and (
-                any(folder.glob(".tmp-*")) or set(checkpoint_names(folder)) - start_names
-            ):
+        deadline = time.monotonic() + 600
+        # let it write one more complete checkpoint, then kill `delay` seconds into the write of the next
+        while time.monotonic() < deadline and proc.poll() is None:
+            done = (
+                [n for n in checkpoint_names(folder) if is_complete_checkpoint(folder / n)]
+                if folder.exists()
+                else []
+            )
+            if len(done) > newest and any(folder.glob(".tmp-*")):
                 break
             time.sleep(0.001)
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         names = checkpoint_names(folder)
-        complete = [n for n in names if is_complete_checkpoint(folder / n)]
-        newest = max((int(n.split("-ba")[1].split("-")[0]) for n in complete), default=0)
+        complete = [int(n.split("-ba")[1].split("-")[0]) for n in names if is_complete_checkpoint(folder / n)]
+        assert max(complete) > newest, (delay, names)  # the run went on from the previous relaunch
+        newest = max(complete)
         trainer = build_trainer(
             recipe_at(
                 tmp_path, steps=4, overrides=["trainer.max_duration=400ba", "trainer.save_interval=1ba"]
@@ -324,7 +328,9 @@ def test_sigkill_at_many_points_of_a_save_always_resumes_from_the_newest_complet
         assert int(trainer.state.timestamp.batch) == newest, (delay, names)
         trainer.close()
         assert not any(folder.glob(".tmp-*"))  # the killed run's temporary file is gone
-    assert newest > 0
+        assert not any(folder.glob("ep*-ba*-rank0.pt")) or all(
+            is_complete_checkpoint(folder / n) for n in checkpoint_names(folder)
+        )
 
 
 # ------------------------------------------------------------------------------------------- non-finite loss
