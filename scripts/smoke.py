@@ -143,7 +143,13 @@ class UnigramModel:
                 for ids in iter_input_ids(folder):
                     counts += np.bincount(ids.astype(np.int64), minlength=vocab_size)[:vocab_size]
         self.log_probs = torch.tensor(np.log(counts / counts.sum()), dtype=torch.float32)
-        self.config = type("Config", (), {"vocab_size": vocab_size, "max_position_embeddings": 1 << 30})()
+        from mmbert_train.constants import MASK_ID
+
+        self.config = type(
+            "Config",
+            (),
+            {"vocab_size": vocab_size, "max_position_embeddings": 1 << 30, "mask_token_id": MASK_ID},
+        )()
         self.training = False
 
     def parameters(self):
