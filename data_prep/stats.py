@@ -1,7 +1,9 @@
 """``mmbert prep stats MDS``: rebuild ``manifest.json`` from the MDS folders that are there.
 
-Works on our own output and on pre-tokenized data such as the published mmBERT shards, once they are laid out
-as ``MDS/<source>/<language>/`` (an ``index.json`` + shards; ``heldout/`` optional). The ``input_ids`` column may
+Works on our own output and on pre-tokenized data laid out as ``MDS/<source>/<language>/`` (an ``index.json`` +
+shards; ``heldout/`` optional). A tree in the published mmBERT layout (``train/<source>/<chunk>/``, merged indexes)
+is recognised: its datasets' tokens are printed and no manifest is written into it (it is read as a ``kind:
+published`` source, `mmbert_train.data.published`). The ``input_ids`` column may
 be an MDS ``ndarray`` of any integer dtype (uint16, int32, uint32, int64, ...) or raw ``bytes`` of 4-byte ids
 (int32 or uint32 - the same numbers for ids below 2**31).
 
@@ -122,6 +124,37 @@ def _rebuild_locked(mds_dir: Path, tokenizer: str | None, max_seq_len: int | Non
     return manifest
 
 
+def is_published_layout(mds_dir: Path) -> bool:
+    """A tree in the published mmBERT layout (merged index.json at the top or per source, leaves nested deeper)
+    rather than ours (``MDS/<source>/<language>/``)."""
+    return (mds_dir / "index.json").is_file() or any(mds_dir.glob("*/index.json"))
+
+
+def published_stats(mds_dir: Path, cache: str | None = None) -> int:
+    """Print tokens and samples per leaf dataset of a published tree; nothing is written under ``mds_dir``
+    (token counts missing from stats.json are cached outside it)."""
+    from mmbert_train.data.published import PublishedDataError, leaf_tokens, scan_tree, tree_cache
+
+    try:
+        tree = scan_tree(mds_dir)
+        if not tree.leaves:
+            raise PublishedDataError(f"{mds_dir}: no MDS dataset (index.json with shards) found")
+        counts = leaf_tokens(tree.leaves, tree_cache(tree.root, cache))
+    except (PublishedDataError, MDSError) as err:
+        raise StatsError(str(err)) from None
+    total = sum(t for t, _ in counts.values())
+    for leaf in tree.leaves:
+        tokens, how = counts[leaf.path]
+        print(f"{leaf.path}\t{leaf.samples}\t{tokens}\t{how}")
+    if tree.empty:
+        print(f"folders without data: {', '.join(tree.empty)}")
+    print(
+        f"{len(tree.leaves)} dataset(s), {total:,} tokens (published layout: no manifest.json written; "
+        "train on it with a `kind: published` source)"
+    )
+    return 0
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="mmbert prep stats",
@@ -135,7 +168,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--max-seq-len", type=int, help="record this (default: from done.json, else longest sample)"
     )
+    parser.add_argument(
+        "--cache", help="published layout: where counted tokens are cached (default $MMBERT_CACHE)"
+    )
     args = parser.parse_args(argv)
+    if is_published_layout(Path(args.mds)):
+        return published_stats(Path(args.mds), args.cache)
     manifest = rebuild_manifest(args.mds, args.tokenizer, args.max_seq_len)
     n_groups = sum(len(langs) for langs in manifest["sources"].values())
     tokens = sum(c["tokens"] for langs in manifest["sources"].values() for c in langs.values())

@@ -18,6 +18,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "mmbert_train.commands.plan:main",
         "print a phase's sampling plan (tokens, shares, epochs) + plot",
     ),
+    "data": (
+        "mmbert_train.commands.data_check:main",
+        "data check DIR: validate downloaded MDS data (published layout) before a run",
+    ),
     "config": ("mmbert_train.commands.config:main", "print a recipe fully resolved and validated, as YAML"),
     "train": (
         "mmbert_train.commands.train:main",

@@ -48,17 +48,18 @@ def reference():
 @pytest.mark.parametrize("with_decoder_weight", [False, True])
 def test_load_hf_directory(tmp_path, reference, fmt, with_decoder_weight):
     config, hf, ids, mask, expected = reference
-    hf.save_pretrained(tmp_path, safe_serialization=fmt == "safetensors")
-    weights = tmp_path / ("model.safetensors" if fmt == "safetensors" else "pytorch_model.bin")
-    state = load_file(weights) if fmt == "safetensors" else torch.load(weights, weights_only=True)
-    # transformers drops the tied weight from safetensors but keeps it in .bin; published files have both variants.
+    hf.save_pretrained(tmp_path)
+    state = load_file(tmp_path / "model.safetensors")
+    # transformers drops the tied weight from safetensors but 4.x keeps it in .bin; published files have both
+    # variants. The .bin is written with torch.save: transformers 5 ignores save_pretrained(safe_serialization=False).
     state.pop("decoder.weight", None)
     if with_decoder_weight:
         state["decoder.weight"] = state["model.embeddings.tok_embeddings.weight"].clone()
     if fmt == "safetensors":
-        save_file(state, weights, metadata={"format": "pt"})
+        save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
     else:
-        torch.save(state, weights)
+        (tmp_path / "model.safetensors").unlink()
+        torch.save(state, tmp_path / "pytorch_model.bin")
     model = load_pretrained(tmp_path, attn_backend="sdpa")
     assert model.config == ModelConfig(**{**config.to_dict(), "attn_backend": "sdpa"})
     assert_same_logits(our_logits(model, ids, mask), expected, mask)
@@ -123,7 +124,8 @@ def test_save_pretrained_writes_a_tokenizer_and_replaces_an_existing_export(tmp_
     vocab = {t: i for i, t in enumerate(["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "hello", "world"])}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    model = MMBertForMaskedLM(ModelConfig.preset("tiny"))
+    tok.add_special_tokens(["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"])
+    model = MMBertForMaskedLM(ModelConfig.preset("tiny", vocab_size=8))
     (tmp_path / "export").mkdir()
     (tmp_path / "export" / "stale.txt").write_text("old")
     out = save_pretrained(model, tmp_path / "export", tokenizer=tok)

@@ -115,8 +115,9 @@ def test_resolved_recipe_loads_again(recipe_file, tmp_path):
     recipe = load_recipe(recipe_file)
     text = recipe_to_yaml(recipe)
     assert yaml.safe_load(text)["data"]["sources"] == {
-        "udhr": {"kind": "multilingual", "share": None, "languages": None}
-    }
+        "udhr": {"kind": "multilingual", "share": None, "languages": None, "path": None, "include": None,
+                 "exclude": []}
+    }  # fmt: skip
     again = tmp_path / "again.yaml"
     again.write_text(text)
     assert recipe_to_yaml(load_recipe(again)) == text

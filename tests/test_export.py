@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from data_prep.testing import make_tokenizer
-from mmbert_train.checkpoints import load_checkpoint
+from mmbert_train.checkpoints import CheckpointError, load_pretrained
 from mmbert_train.commands.export import export, fill_mask_main
 from mmbert_train.commands.export import main as export_main
-from mmbert_train.merge.testing import write_dcp_checkpoint
+from mmbert_train.merge.testing import write_composer_checkpoint, write_dcp_checkpoint
 from mmbert_train.model import MMBertForMaskedLM, ModelConfig, save_pretrained
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -38,19 +38,9 @@ def setup(tmp_path_factory):
     state = {k: v.clone() for k, v in model.state_dict().items()}
     checkpoints = {
         "hf": save_pretrained(model, root / "hf", tokenizer=tokenizer),
-        "composer": root / "ep0-ba10-rank0.pt",
+        "composer": write_composer_checkpoint(root / "ep0-ba10-rank0.pt", config, state),
         "fsdp": write_dcp_checkpoint(root / "ep0-ba10", config, state),
     }
-    torch.save(
-        {
-            "state": {
-                "model": {"model." + k: v for k, v in state.items()},
-                "callbacks": {"ModelConfigRecorder": {"model_config": config.to_dict()}},
-            },
-            "rng": [],
-        },
-        checkpoints["composer"],
-    )
     return {"root": root, "model": model, "config": config, "tokenizer_dir": tokenizer_dir, **checkpoints}
 
 
@@ -130,8 +120,15 @@ def test_export_errors(setup, tmp_path, capsys):
 
     bare = tmp_path / "bare"
     dcp.save(
-        {"state": {"model": {"model.decoder.bias": torch.zeros(4)}}},
+        {
+            "state": {
+                "model": {
+                    "model.decoder.bias": torch.zeros(4),
+                    "model.model.final_norm.weight": torch.ones(4),
+                }
+            }
+        },
         storage_writer=dcp.FileSystemWriter(str(bare)),
     )
-    with pytest.raises(ValueError, match="no ModelConfigRecorder state"):
-        load_checkpoint(bare)
+    with pytest.raises(CheckpointError, match="no ModelConfigRecorder state"):
+        load_pretrained(bare)

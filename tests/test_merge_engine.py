@@ -14,6 +14,7 @@ from mmbert_train.merge import MergeError, linear_merge, merge_checkpoints, ties
 from mmbert_train.merge.testing import (
     random_state,
     save_with_transformers,
+    write_composer_checkpoint,
     write_dcp_checkpoint,
     write_hf_dir,
 )
@@ -232,21 +233,18 @@ def test_shipped_recipes_run_on_checkpoints_named_like_ours(hf_dirs, tmp_path, m
 
 def test_composer_checkpoints_merge_with_config_tokenizer_and_progress(tmp_path, capsys):
     """Our Composer .pt files (keys "model." + HF key, config in ModelConfigRecorder) as merge inputs."""
+    from tokenizers import Tokenizer
+
     from data_prep.testing import make_tokenizer
 
-    states = [random_state(CONFIG, seed) for seed in range(3)]
-    paths = []
-    for i, state in enumerate(states):
-        path = tmp_path / f"ep0-ba{(i + 1) * 100}-rank0.pt"
-        checkpoint = {
-            "state": {
-                "model": {"model." + k: v for k, v in state.items()},
-                "callbacks": {"ModelConfigRecorder": {"model_config": CONFIG.to_dict()}},
-            }
-        }
-        torch.save(checkpoint, path)
-        paths.append(path)
     tokenizer = make_tokenizer(tmp_path / "tokenizer")
+    vocab = Tokenizer.from_file(str(tokenizer / "tokenizer.json")).get_vocab_size(with_added_tokens=True)
+    config = ModelConfig.preset("tiny", vocab_size=vocab, global_rope_theta=160000.0)
+    states = [random_state(config, seed) for seed in range(3)]
+    paths = [
+        write_composer_checkpoint(tmp_path / f"ep0-ba{(i + 1) * 100}-rank0.pt", config, state)
+        for i, state in enumerate(states)
+    ]
     out = tmp_path / "merged"
     assert main(["--method", "ties", "--base", str(paths[0]), "--models", *map(str, paths[1:]), "--out", str(out),
                  "--tokenizer", str(tokenizer), "--density", "0.7"]) == 0  # fmt: skip
@@ -254,8 +252,12 @@ def test_composer_checkpoints_merge_with_config_tokenizer_and_progress(tmp_path,
     want = ties_merge(states[0], states[1:], density=0.7)
     got = weights_of(out)
     assert all(torch.equal(got[k], want[k]) for k in want)
-    config = json.loads((out / "config.json").read_text())
-    assert config == CONFIG.to_hf_dict()  # the base's recorded ModelConfig, as transformers reads it
+    written = json.loads((out / "config.json").read_text())
+    assert ModelConfig.from_hf_dict(written) == config  # the base's recorded ModelConfig
+    # both config generations, the same thetas
+    assert (written["global_rope_theta"], written["local_rope_theta"]) == (160000.0, 10000.0)
+    assert written["rope_parameters"]["full_attention"]["rope_theta"] == 160000.0
+    assert written["rope_parameters"]["sliding_attention"]["rope_theta"] == 10000.0
     assert (out / "tokenizer.json").read_bytes() == (tokenizer / "tokenizer.json").read_bytes()
 
 

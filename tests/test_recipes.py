@@ -264,20 +264,33 @@ def snapshot_in_current_form(recipe: Path) -> str:
     from omegaconf import OmegaConf
 
     old = yaml.safe_load(snapshot_path(recipe).read_text())
-    old["data"]["sources"] = {s.pop("name"): s for s in old["data"]["sources"]}
+    old["data"]["sources"] = {
+        s.pop("name"): dict(s, path=None, include=None, exclude=[]) for s in old["data"]["sources"]
+    }  # + the keys of published sources, unset
+    data = {}
+    for key, value in old["data"].items():
+        data[key] = value
+        if key == "remote":
+            data["cache"] = None  # where published sources keep their normalized indexes
+    old["data"] = data
     if old["trainer"]["run_name"] is None:
         old["trainer"]["run_name"] = old["name"]
     old["trainer"].setdefault("allow_nonfinite_loss", False)
     return OmegaConf.to_yaml(OmegaConf.create(old), sort_keys=False)
 
 
+def snapshotted_recipes() -> list[Path]:
+    """The recipes that existed when the snapshots were taken (recipes/continue/ came later: test_published)."""
+    return [p for p in shipped_recipes() if "continue" not in p.relative_to(RECIPES).parts]
+
+
 def test_every_shipped_recipe_has_a_snapshot():
-    assert sorted(snapshot_path(p).name for p in shipped_recipes()) == sorted(
+    assert sorted(snapshot_path(p).name for p in snapshotted_recipes()) == sorted(
         p.name for p in SNAPSHOTS.glob("*.yaml")
     )
 
 
-@pytest.mark.parametrize("path", shipped_recipes(), ids=lambda p: str(p.relative_to(RECIPES)))
+@pytest.mark.parametrize("path", snapshotted_recipes(), ids=lambda p: str(p.relative_to(RECIPES)))
 def test_resolved_recipe_is_unchanged(path):
     """Rebuilding the recipes from partials changed no resolved value, key order or source order."""
     from mmbert_train.config import recipe_to_yaml

@@ -274,7 +274,11 @@ def test_optimizer_state_of_a_published_flexbert_checkpoint_is_mapped_by_name(tm
     with pytest.raises(CheckpointError, match="keys its state by parameter index"):
         optimizer_state_by_name(path, trust_pickle=True)
     # a Hugging Face directory has no optimizer state
-    assert optimizer_state_by_name(tmp_path, trust_pickle=False) is None
+    from safetensors.torch import save_file
+
+    (tmp_path / "hf").mkdir()
+    save_file({"decoder.bias": torch.zeros(2)}, tmp_path / "hf" / "model.safetensors")
+    assert optimizer_state_by_name(tmp_path / "hf", trust_pickle=False) is None
 
 
 def test_wandb_only_when_enabled_and_offline_without_network(tmp_path, monkeypatch):

@@ -3,27 +3,32 @@
 Phase chaining carries StableAdamW's moments from one phase to the next (the authors' configs load the previous
 phase with Composer's ``load_path`` and keep the optimizer state). The state is keyed by the SOURCE model's
 parameter names (FlexBert's or ours, possibly under DDP / compile wrappers); we rename it with the same key map
-that renames the weights.
+that renames the weights (:mod:`.keys`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import os
 from pathlib import Path
 from typing import Any
 
+from .detect import DCP_DIR
 from .errors import CheckpointError
-from .formats import composer_to_hf_keys, load_pickle, strip_wrappers
+from .keys import strip_wrappers
+from .reader import open_checkpoint
 
 
-def optimizer_state_by_name(path: Path, trust_pickle: bool) -> dict[str, Any] | None:
+def optimizer_state_by_name(path: str | os.PathLike, trust_pickle: bool = False) -> dict[str, Any] | None:
     """The optimizer state of a Composer checkpoint, keyed by our parameter names (``model.<HF key>``), or None
     when the source has none (a Hugging Face directory, a weights-only checkpoint)."""
-    if path.is_dir():
-        return None
-    checkpoint = load_pickle(path, trust_pickle=trust_pickle)
-    state = checkpoint.get("state", {}) if isinstance(checkpoint, Mapping) else {}
-    optimizers = state.get("optimizers") or {}
+    path = Path(path)
+    checkpoint = open_checkpoint(path, trust_pickle=trust_pickle)
+    if checkpoint.format == DCP_DIR:
+        raise CheckpointError(
+            f"{path}: reading the optimizer state of a sharded (torch.distributed.checkpoint) checkpoint is not "
+            "supported; set init_from.load_optimizer_state=false to start the optimizer fresh from its weights"
+        )
+    optimizers = checkpoint.composer_optimizers()
     if not optimizers:
         return None
     if len(optimizers) != 1:
@@ -35,8 +40,7 @@ def optimizer_state_by_name(path: Path, trust_pickle: bool) -> dict[str, Any] | 
             f"{path}: optimizer {name!r} keys its state by parameter index, not by name, so it cannot be mapped "
             "onto this model safely; set init_from.load_optimizer_state=false"
         )
-    to_hf = composer_to_hf_keys(state["model"], f"{path}: state['model']")
-    to_hf = {strip_wrappers(k): v for k, v in to_hf.items()}
+    to_hf = {strip_wrappers(k): v for k, v in checkpoint.composer.to_hf.items()}
 
     def our_name(key: str) -> str | None:  # optimizer keys may carry wrappers (DDP, compile) of their own
         hf_key = to_hf.get(strip_wrappers(key))

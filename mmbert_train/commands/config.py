@@ -29,6 +29,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     sys.stdout.write(recipe_to_yaml(recipe))
+    from mmbert_train.data.published import unused_settings
+
+    for key in unused_settings(recipe.data):
+        print(f"note: data.{key} is set but unused: every source is published", file=sys.stderr)
     return 0
 
 

@@ -58,7 +58,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Held-out masked-token accuracy and loss per language and group, at a fixed mask ratio "
         "and seed (the same masked tokens for every checkpoint).",
     )
-    p.add_argument("model", help="Hugging Face directory or Composer checkpoint (.pt) of an mmBERT encoder")
+    p.add_argument(
+        "model", help="a checkpoint of any format (HF dir, .safetensors, Composer .pt, sharded FSDP dir)"
+    )
     p.add_argument("--data", required=True, help="MDS root written by `mmbert prep tokenize` (manifest.json)")
     p.add_argument(
         "--languages",

@@ -1,14 +1,15 @@
 """`mmbert export` and `mmbert fill-mask`: from a training checkpoint to a Hugging Face model, and a quick look at it.
 
     mmbert export CHECKPOINT --out DIR [--tokenizer TOK]
-    mmbert fill-mask MODEL "text with <mask>" [--top-k 5] [--json]
+    mmbert fill-mask MODEL "text with <mask>" [--top-k 5] [--json] [--tokenizer TOK]
 
-``CHECKPOINT`` is anything ``mmbert_train.model`` reads (a Hugging Face directory, one of our Composer ``.pt``
-checkpoints, a published Composer checkpoint with FlexBert names) or a sharded FSDP checkpoint directory, as
-Composer writes it with ``torch.distributed.checkpoint`` (``.metadata`` + ``__<rank>_0.distcp``); its config comes
-from the ``ModelConfigRecorder`` state the trainer saves. The export is a ``ModernBertForMaskedLM`` directory
-(``config.json`` with the RoPE thetas, window and special ids; ``model.safetensors``; tokenizer files), written to
-a temporary sibling and renamed.
+``CHECKPOINT`` / ``MODEL`` is a checkpoint of any format ``mmbert_train.checkpoints`` reads: a Hugging Face
+directory (safetensors, sharded safetensors, ``pytorch_model.bin``; either transformers config generation), a
+``.safetensors`` file, one of our Composer ``.pt`` checkpoints, a published Composer checkpoint with FlexBert
+names, or a sharded FSDP checkpoint directory (``torch.distributed.checkpoint``). The export is a
+``ModernBertForMaskedLM`` directory that transformers 4.48+ and 5.x load with the same logits (``config.json`` in
+both config generations; ``model.safetensors``; the tokenizer, checked against the model config), written to a
+temporary sibling and renamed. An output that resolves to the input is refused.
 """
 
 from __future__ import annotations
@@ -19,28 +20,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from mmbert_train.checkpoints import CheckpointError, load_checkpoint
-from mmbert_train.merge.writer import TOKENIZER_FILES
-
-
-def _find_tokenizer(checkpoint: Path, tokenizer: str | Path | None):
-    """A transformers tokenizer from ``tokenizer`` (a directory or a tokenizer.json), else from the checkpoint's
-    own directory when it holds one, else None."""
-    if tokenizer is None:
-        folder = checkpoint if checkpoint.is_dir() else checkpoint.parent
-        if not (folder / "tokenizer.json").is_file():
-            return None
-        tokenizer = folder
-    tokenizer = Path(tokenizer)
-    if tokenizer.is_file():
-        return tokenizer  # a tokenizer.json: save_pretrained wraps it with the config's special ids
-    if not tokenizer.is_dir() or not any((tokenizer / name).is_file() for name in TOKENIZER_FILES):
-        raise FileNotFoundError(
-            f"tokenizer not found: {tokenizer} (expected a tokenizer directory or tokenizer.json)"
-        )
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(tokenizer))
+from mmbert_train.checkpoints import (
+    CheckpointError,
+    check_output_path,
+    find_tokenizer,
+    load_pretrained,
+    save_pretrained,
+)
 
 
 def export(
@@ -51,20 +37,24 @@ def export(
     trust_pickle: bool = False,
     overwrite: bool = False,
 ) -> Path:
-    """Write ``checkpoint`` as a Hugging Face ``ModernBertForMaskedLM`` directory ``out``; returns ``out``."""
-    from mmbert_train.model import save_pretrained
+    """Write ``checkpoint`` as a Hugging Face ``ModernBertForMaskedLM`` directory ``out``; returns ``out``.
 
+    ``tokenizer``: a tokenizer directory or ``tokenizer.json``; default: the checkpoint's own directory's, if any.
+    """
     checkpoint, out = Path(checkpoint), Path(out)
+    if not checkpoint.exists():
+        raise CheckpointError(f"checkpoint not found: {checkpoint}")
+    check_output_path(out, {"checkpoint": checkpoint})
     if out.exists() and not overwrite:
         raise FileExistsError(f"output {out} already exists (pass --overwrite to replace it)")
-    model = load_checkpoint(checkpoint, trust_pickle=trust_pickle)
-    return save_pretrained(model, out, tokenizer=_find_tokenizer(checkpoint, tokenizer))
+    model = load_pretrained(checkpoint, trust_pickle=trust_pickle)
+    return save_pretrained(model, out, tokenizer=find_tokenizer(checkpoint, tokenizer), overwrite=overwrite)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="mmbert export",
-        description="Export a checkpoint (HF dir, Composer .pt, sharded FSDP dir) as a Hugging Face "
+        description="Export a checkpoint (HF dir, .safetensors, Composer .pt, sharded FSDP dir) as a Hugging Face "
         "ModernBertForMaskedLM directory.",
     )
     parser.add_argument("checkpoint", help="checkpoint file or directory")
@@ -93,16 +83,37 @@ def main(argv: list[str] | None = None) -> int:
 # ---------------------------------------------------------------------------------------------------- fill-mask
 
 
-def fill_mask(model_dir: str | Path, text: str, top_k: int = 5) -> list[list[dict]]:
-    """transformers' fill-mask pipeline on a Hugging Face directory: for each mask in ``text``, the ``top_k``
-    predictions as ``{"score", "token", "token_str", "sequence"}`` (score = softmax of the logits)."""
+def fill_mask(
+    model_path: str | Path,
+    text: str,
+    top_k: int = 5,
+    *,
+    tokenizer: str | Path | None = None,
+    trust_pickle: bool = False,
+) -> list[list[dict]]:
+    """transformers' fill-mask pipeline on a checkpoint of any format: for each mask in ``text``, the ``top_k``
+    predictions as ``{"score", "token", "token_str", "sequence"}`` (score = softmax of the logits).
+
+    The model goes through our reader and ``save_pretrained`` into a temporary directory, so the pipeline sees
+    the thetas and layer types the checkpoint says, whichever config generation it was written in.
+    """
     from transformers import pipeline
 
-    fill = pipeline("fill-mask", model=str(model_dir), tokenizer=str(model_dir), device="cpu")
-    mask = fill.tokenizer.mask_token
-    if mask is None or mask not in text:
-        raise ValueError(f"the text must contain the mask token {mask!r}, got {text!r}")
-    result = fill(text, top_k=top_k)
+    model_path = Path(model_path)
+    source = find_tokenizer(model_path, tokenizer)
+    if source is None:
+        raise CheckpointError(
+            f"{model_path}: no tokenizer next to this checkpoint; pass --tokenizer DIR (the tokenizer directory "
+            "`mmbert prep train-tokenizer` wrote, or a tokenizer.json)"
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = Path(tmp) / "model"
+        save_pretrained(load_pretrained(model_path, trust_pickle=trust_pickle), model_dir, tokenizer=source)
+        fill = pipeline("fill-mask", model=str(model_dir), tokenizer=str(model_dir), device="cpu")
+        mask = fill.tokenizer.mask_token
+        if mask is None or mask not in text:
+            raise ValueError(f"the text must contain the mask token {mask!r}, got {text!r}")
+        result = fill(text, top_k=top_k)
     return [result] if result and isinstance(result[0], dict) else result
 
 
@@ -111,23 +122,19 @@ def fill_mask_main(argv: list[str] | None = None) -> int:
         prog="mmbert fill-mask",
         description="Top-k predictions for each <mask> in a text (transformers' fill-mask pipeline).",
     )
-    parser.add_argument(
-        "model", help="an exported Hugging Face directory (or any checkpoint, with --tokenizer)"
-    )
+    parser.add_argument("model", help="a checkpoint of any format (HF dir, .pt, sharded FSDP dir)")
     parser.add_argument("text", help='text with the mask token, e.g. "Paris is the <mask> of France."')
     parser.add_argument("--top-k", type=int, default=5)
-    parser.add_argument("--tokenizer", help="for a checkpoint that is not a Hugging Face directory")
+    parser.add_argument(
+        "--tokenizer", help="tokenizer directory or tokenizer.json (default: the model's own)"
+    )
     parser.add_argument("--trust-pickle", action="store_true")
     parser.add_argument("--json", action="store_true", help="print the predictions as JSON")
     args = parser.parse_args(argv)
-    model = Path(args.model)
     try:
-        with tempfile.TemporaryDirectory() as tmp:
-            if not (model / "config.json").is_file():  # a training checkpoint: export it first
-                model = export(
-                    model, Path(tmp) / "model", tokenizer=args.tokenizer, trust_pickle=args.trust_pickle
-                )
-            predictions = fill_mask(model, args.text, args.top_k)
+        predictions = fill_mask(
+            args.model, args.text, args.top_k, tokenizer=args.tokenizer, trust_pickle=args.trust_pickle
+        )
     except (CheckpointError, ValueError, FileNotFoundError, OSError) as err:
         print(f"mmbert fill-mask: error: {err}", file=sys.stderr)
         return 1

@@ -54,7 +54,7 @@ def write_csv(tables: Sequence[PhaseTable], path: str | os.PathLike) -> Path:
                         t.name,
                         r.item,
                         r.kind,
-                        repr(t.tau),
+                        "" if t.tau is None else repr(t.tau),
                         _num(r.tokens_available),
                         _num(r.share),
                         _num(r.tokens_in_phase),
@@ -81,7 +81,8 @@ def write_plot(tables: Sequence[PhaseTable], path: str | os.PathLike, title: str
         if not points:
             continue
         x, y = zip(*points)
-        ax.scatter(x, y, s=10, alpha=0.7, label=f"{t.name} (tau {t.tau:g}, {len(points)} languages)")
+        tau = "-" if t.tau is None else f"{t.tau:g}"
+        ax.scatter(x, y, s=10, alpha=0.7, label=f"{t.name} (tau {tau}, {len(points)} languages)")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("tokens available")

@@ -23,13 +23,19 @@ class MDSError(ValueError):
 
 
 def _shard_bytes(folder: Path, shard: dict) -> bytes:
+    """The shard's raw bytes: the raw file when it is there (the published shards were decompressed after writing
+    while their index still names the zip), else the decompressed zip."""
+    raw = folder / shard["raw_data"]["basename"]
     zip_data = shard.get("zip_data")
-    if zip_data:
+    if zip_data and not raw.is_file():
         from streaming.base.compression import decompress
 
         path = folder / zip_data["basename"]
         return decompress(shard["compression"], path.read_bytes())
-    return (folder / shard["raw_data"]["basename"]).read_bytes()
+    try:
+        return raw.read_bytes()
+    except FileNotFoundError:
+        raise MDSError(f"{folder / 'index.json'}: shard {raw.name} is missing") from None
 
 
 def _as_ids(value, encoding: str, where: str) -> np.ndarray:
@@ -48,8 +54,6 @@ def _as_ids(value, encoding: str, where: str) -> np.ndarray:
 
 def iter_input_ids(folder: str | Path) -> Iterator[np.ndarray]:
     """Yield every sample's ``input_ids`` of the MDS dataset in ``folder`` (shard order), as 1-D integer arrays."""
-    from streaming.base.format.mds.reader import MDSReader
-
     folder = Path(folder)
     index_file = folder / "index.json"
     try:
@@ -59,18 +63,25 @@ def iter_input_ids(folder: str | Path) -> Iterator[np.ndarray]:
     except ValueError as exc:
         raise MDSError(f"{index_file}: not valid JSON ({exc})") from None
     for number, shard in enumerate(index.get("shards", [])):
-        where = f"{index_file} shard {number}"
-        if shard.get("format") != "mds":
-            raise MDSError(f"{where}: format {shard.get('format')!r}, only 'mds' is supported")
-        if COLUMN not in shard["column_names"]:
-            raise MDSError(f"{where}: no column {COLUMN!r} (columns: {', '.join(shard['column_names'])})")
-        encoding = shard["column_encodings"][shard["column_names"].index(COLUMN)]
-        reader = MDSReader.from_json(str(folder), None, shard)
-        data = _shard_bytes(folder, shard)
-        n = int(np.frombuffer(data, np.uint32, 1)[0])
-        offsets = np.frombuffer(data, np.uint32, n + 1, offset=4)
-        if n != shard["samples"]:
-            raise MDSError(f"{where}: holds {n} samples, index.json says {shard['samples']}")
-        for i in range(n):
-            sample = reader.decode_sample(data[offsets[i] : offsets[i + 1]])
-            yield _as_ids(sample[COLUMN], encoding, where)
+        yield from iter_shard_input_ids(folder, shard, f"{index_file} shard {number}")
+
+
+def iter_shard_input_ids(folder: str | Path, shard: dict, where: str = "shard") -> Iterator[np.ndarray]:
+    """Yield the ``input_ids`` of every sample of one shard (an ``index.json`` entry of ``folder``)."""
+    from streaming.base.format.mds.reader import MDSReader
+
+    folder = Path(folder)
+    if shard.get("format") != "mds":
+        raise MDSError(f"{where}: format {shard.get('format')!r}, only 'mds' is supported")
+    if COLUMN not in shard["column_names"]:
+        raise MDSError(f"{where}: no column {COLUMN!r} (columns: {', '.join(shard['column_names'])})")
+    encoding = shard["column_encodings"][shard["column_names"].index(COLUMN)]
+    reader = MDSReader.from_json(str(folder), None, shard)
+    data = _shard_bytes(folder, shard)
+    n = int(np.frombuffer(data, np.uint32, 1)[0])
+    offsets = np.frombuffer(data, np.uint32, n + 1, offset=4)
+    if n != shard["samples"]:
+        raise MDSError(f"{where}: holds {n} samples, index.json says {shard['samples']}")
+    for i in range(n):
+        sample = reader.decode_sample(data[offsets[i] : offsets[i + 1]])
+        yield _as_ids(sample[COLUMN], encoding, where)

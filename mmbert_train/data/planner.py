@@ -45,7 +45,8 @@ CSV_COLUMNS = ("phase", "item", "kind", "tau", "tokens_available", "share", "tok
 
 @dataclass
 class PlanRow:
-    """One language of the tau split (``kind="language"``) or one fixed-share source/id (``kind="fixed"``)."""
+    """One language of the tau split (``kind="language"``), one fixed-share source/id (``kind="fixed"``) or one
+    dataset of a published source (``kind="published"``, item = its path relative to the source's folder)."""
 
     item: str
     kind: str
@@ -63,7 +64,7 @@ class PlanRow:
 @dataclass
 class PhaseTable:
     name: str
-    tau: float
+    tau: float | None  # None: every source is published (no tau split)
     phase_tokens: float
     rows: list[PlanRow]
     ignored: dict[str, float] = field(default_factory=dict)  # languages with data that the set leaves out
@@ -88,7 +89,13 @@ def table_from_plan(name: str, plan: PhasePlan, phase_tokens: float) -> PhaseTab
         for source, share in plan.fixed_shares.items()
     ]
     rows.sort(key=lambda r: (-r.share, r.item))
-    notes = []
+    # published datasets after the rest, in the plan's (source, path) order
+    rows += [
+        PlanRow(e.folder, "published", e.tokens, e.token_share, e.token_share * phase_tokens)
+        for e in plan.entries
+        if e.kind == "published"
+    ]
+    notes = list(plan.notes)
     served = sorted({f"{s.source}/{s.folder}" for s in plan.skipped if s.reason == SERVED_BY_FIXED})
     if served:
         notes.append(f"left to the fixed sources (not in the tau split): {', '.join(served)}")
@@ -241,10 +248,20 @@ def human(n: float | None) -> str:
 def format_table(table: PhaseTable, *, max_epochs: float = MAX_EPOCHS, top: int | None = None) -> str:
     n_lang = sum(r.kind == "language" for r in table.rows)
     lang_share = math.fsum(r.share for r in table.rows if r.kind == "language")
-    n_fixed = len(table.rows) - n_lang
+    n_pub = sum(r.kind == "published" for r in table.rows)
+    pub_share = math.fsum(r.share for r in table.rows if r.kind == "published")
+    n_fixed = len(table.rows) - n_lang - n_pub
+    tau = "-" if table.tau is None else f"{table.tau:g}"
+    head = f"phase {table.name}: tau {tau}, {human(table.phase_tokens)} tokens; "
+    parts = []
+    if n_lang:
+        parts.append(f"{n_lang} languages by tau ({lang_share:.1%})")
+    if n_fixed:
+        parts.append(f"{n_fixed} fixed ({1 - lang_share - pub_share:.1%})")
+    if n_pub:
+        parts.append(f"{n_pub} published datasets ({pub_share:.1%})")
     lines = [
-        f"phase {table.name}: tau {table.tau:g}, {human(table.phase_tokens)} tokens; "
-        f"{n_lang} languages by tau ({lang_share:.1%}), {n_fixed} fixed ({1 - lang_share:.1%})",
+        head + ", ".join(parts),
         f"  {'item':<14} {'kind':<8} {'available':>10} {'share':>9} {'in phase':>10} {'epochs':>8}",
     ]
     rows = table.rows if not top else table.rows[:top]

@@ -21,6 +21,10 @@ How a phase's TOKENS are shared (mmBERT, arXiv 2509.06888, "temperature sampling
 
    tau = 1 is the natural distribution; smaller tau is flatter (tau -> 0 is uniform).
 3. A language (or fixed source) read from several folders splits its share among them by their tokens.
+4. A **published** source (a downloaded tree read as published, :mod:`mmbert_train.data.published`) takes its
+   ``share`` P_s off the top (M becomes ``1 - sum f_s - sum P_s``), or without a share what the other sources
+   leave; its leaf datasets split it by their tokens, ``P_s * n_d / sum_e n_e``: the published mixture, as
+   published. Their entries come after the others, in dataset-path order.
 
 Streaming's ``Stream(proportion=...)`` is a share of SAMPLES, not tokens. Stream s with token share t_s and
 k_s = tokens_s / samples_s tokens per sample (from the manifest) gets the sample proportion
@@ -152,11 +156,13 @@ class StreamPlan:
     source: str
     folder: str  # folder name under the source, as on disk (``rus_Cyrl``)
     language: str  # the language it counts toward (``rus``)
-    kind: Literal["multilingual", "fixed"]
-    tokens: int  # available training tokens (manifest)
-    samples: int  # training samples (manifest)
+    kind: Literal["multilingual", "fixed", "published"]
+    tokens: int  # available training tokens (manifest; published: stats.json or counted)
+    samples: int  # training samples (manifest; published: index.json)
     token_share: float  # share of the phase's tokens
     proportion: float  # Streaming's `proportion`: share of the phase's samples
+    # published: the normalized folder Streaming reads (folder = the dataset's path in the download)
+    local: str | None = None
 
     @property
     def tokens_per_sample(self) -> float:
@@ -180,7 +186,7 @@ class PhasePlan:
 
     root: str
     remote: str | None
-    tau: float
+    tau: float | None  # None when every source is published
     languages: list[str]  # the phase's language set (normalized ids)
     fixed_shares: dict[str, float]  # fixed source -> share of the phase's tokens
     fixed_languages: list[str]  # ids served by fixed sources (kept out of the tau split)
@@ -188,10 +194,12 @@ class PhasePlan:
     language_shares: dict[str, float]  # tau-split language -> share of the phase's tokens
     entries: list[StreamPlan]
     skipped: list[SkippedFolder] = field(default_factory=list)
+    published_shares: dict[str, float] = field(default_factory=dict)  # published source -> share of the phase
+    notes: list[str] = field(default_factory=list)  # e.g. where published token counts come from
 
     @property
     def multilingual_share(self) -> float:
-        return 1.0 - math.fsum(self.fixed_shares.values())
+        return 1.0 - math.fsum(self.fixed_shares.values()) - math.fsum(self.published_shares.values())
 
     @property
     def fixed_tokens(self) -> dict[str, int]:
@@ -221,6 +229,8 @@ class PhasePlan:
         return max(1, math.ceil(tokens / self.mean_tokens_per_sample))
 
     def local_path(self, entry: StreamPlan) -> str:
+        if entry.local is not None:
+            return entry.local
         return os.path.join(self.root, entry.source, entry.folder)
 
     def streams(
@@ -236,7 +246,9 @@ class PhasePlan:
         local_root = self.root if local is None else local
         remote_root = self.remote if remote is None else remote
         return [
-            Stream(
+            Stream(local=e.local, remote=None, proportion=e.proportion, **stream_kwargs)
+            if e.local is not None  # published: the normalized folder, never the download itself
+            else Stream(
                 local=os.path.join(local_root, e.source, e.folder),
                 remote=posixpath.join(remote_root, e.source, e.folder) if remote_root else None,
                 proportion=e.proportion,
@@ -265,13 +277,141 @@ def build_phase_plan(
 ) -> PhasePlan:
     """Validate ``data_cfg`` against the data and return the phase's :class:`PhasePlan`.
 
+    Published sources (``kind: published``) are planned by :func:`mmbert_train.data.published.plan_source`: one
+    entry per leaf dataset, the source's share split by its datasets' tokens. Their shares come off the top and
+    the other sources share the rest as the module docstring says. A published source without a share takes
+    what the others leave (the whole phase when it is alone); no multilingual source is needed then.
+    """
+    published = [s for s in data_cfg.sources.values() if s.kind == "published"]
+    own = [s for s in data_cfg.sources.values() if s.kind != "published"]
+    if not published:
+        return _plan_own_sources(data_cfg, own, manifest, recipe_dir=recipe_dir, check_files=check_files)
+    return _with_published(data_cfg, published, own, manifest, recipe_dir=recipe_dir, check_files=check_files)
+
+
+def _with_published(data_cfg, published, own, manifest, *, recipe_dir, check_files) -> PhasePlan:
+    from mmbert_train.data.published import PublishedDataError, plan_source
+
+    open_ended = [s.name for s in published if s.share is None]
+    if len(open_ended) > 1:
+        raise DataValidationError(
+            f"data.sources: published sources {', '.join(map(repr, open_ended))} have no share; at most one "
+            "may take the rest of the phase, give the others a share"
+        )
+    given = math.fsum(s.share for s in published if s.share is not None)
+    has_multi = any(s.kind == "multilingual" for s in own)
+    if open_ended and has_multi:
+        raise DataValidationError(
+            f"data.sources: published source {open_ended[0]!r} needs a share next to the multilingual "
+            "source(s), which take the rest by tau"
+        )
+    total_given = given + math.fsum(s.share or 0.0 for s in own)
+    if not open_ended and not has_multi and abs(total_given - 1.0) > 1e-9:
+        raise DataValidationError(
+            f"data.sources: the shares add up to {total_given:g}; with no multilingual source they must add "
+            "up to 1 (or leave one published source without a share: it takes the rest)"
+        )
+    own_plan = None
+    if own:
+        own_plan = _plan_own_sources(
+            data_cfg,
+            own,
+            manifest,
+            recipe_dir=recipe_dir,
+            check_files=check_files,
+            reserved=given,
+            rest_taken=bool(open_ended),
+        )
+    own_total = math.fsum(e.token_share for e in own_plan.entries) if own_plan else 0.0
+    shares = {s.name: s.share for s in published}
+    if open_ended:
+        rest = 1.0 - given - own_total
+        if rest <= 1e-12:
+            raise DataValidationError(
+                f"data.sources: nothing is left for published source {open_ended[0]!r} (the other shares add "
+                f"up to {given + own_total:g})"
+            )
+        shares[open_ended[0]] = rest
+    keys = ("source", "folder", "language", "kind", "tokens", "samples", "token_share", "local")
+    raw: list[dict] = [{k: getattr(e, k) for k in keys} for e in (own_plan.entries if own_plan else [])]
+    notes: list[str] = []
+    for source in published:
+        where = f"data.sources[{source.name}]"
+        try:
+            streams = plan_source(
+                source.path, include=source.include, exclude=source.exclude, cache=data_cfg.cache, where=where
+            )
+        except PublishedDataError as err:
+            raise DataValidationError(str(err)) from None
+        total = sum(x.tokens for x in streams)
+        for x in streams:
+            raw.append(
+                dict(
+                    source=source.name,
+                    folder=x.path,
+                    language="",
+                    kind="published",
+                    tokens=x.tokens,
+                    samples=x.samples,
+                    token_share=shares[source.name] * x.tokens / total,
+                    local=x.local,
+                )
+            )
+        origins = sorted({x.tokens_from for x in streams})
+        notes.append(
+            f"published source {source.name!r} ({source.path}): {len(streams)} datasets, tokens from "
+            + " and ".join(f"{h} ({sum(x.tokens_from == h for x in streams)})" for h in origins)
+        )
+    proportions = token_to_sample_proportions(
+        [r["token_share"] for r in raw], [r["tokens"] / r["samples"] for r in raw]
+    )
+    entries = [StreamPlan(**r, proportion=q) for r, q in zip(raw, proportions)]
+    published_shares = {s: float(v) for s, v in shares.items()}
+    if own_plan is None:
+        return PhasePlan(
+            root=str(data_cfg.root),
+            remote=None,
+            tau=None,
+            languages=[],
+            fixed_shares={},
+            fixed_languages=[],
+            language_tokens={},
+            language_shares={},
+            entries=entries,
+            published_shares=published_shares,
+            notes=notes,
+        )
+    own_plan.entries = entries
+    own_plan.published_shares = published_shares
+    own_plan.notes = notes
+    return own_plan
+
+
+def _plan_own_sources(
+    data_cfg: DataConfig,
+    sources: Sequence,
+    manifest: Mapping | str | os.PathLike | None = None,
+    *,
+    recipe_dir: str | os.PathLike | None = None,
+    check_files: bool = True,
+    reserved: float = 0.0,
+    rest_taken: bool = False,
+) -> PhasePlan:
+    """The plan of the multilingual and fixed ``sources`` over ``data.root``'s manifest (see build_phase_plan).
+
+    ``reserved``: the share of the phase that published sources take; ``rest_taken``: a published source takes
+    what is left, so no multilingual source is needed.
+
     ``manifest``: a manifest dict, a path to it, or None to read ``<data_cfg.root>/manifest.json`` (fetched from
     ``<data_cfg.remote>/manifest.json`` first when the recipe has a remote and the local copy is missing).
     ``recipe_dir``: where to look first for a language file named by a relative path.
     ``check_files``: also check that every folder read holds an MDS ``index.json`` (skipped when the recipe has a
     ``remote``: the local root is then only a cache).
     """
+    has_multi = any(s.kind != "fixed" for s in sources)
     tau = data_cfg.tau  # checked by DataConfig, as are the shares
+    if has_multi and tau is None:
+        raise DataValidationError("data.tau: missing; the multilingual sources sample languages by tau")
     if manifest is None:
         manifest = data_cfg.root
         if data_cfg.remote:
@@ -279,15 +419,24 @@ def build_phase_plan(
     if not isinstance(manifest, Mapping):
         manifest = load_manifest(manifest)
     available: Mapping[str, Mapping] = manifest.get("sources", {})
+    needs_languages = has_multi or any(s.languages is None for s in sources)
+    if data_cfg.languages is None and needs_languages:
+        raise DataValidationError(
+            "data.languages: missing; the multilingual sources (and fixed ones without `languages`) read the "
+            "phase's language set"
+        )
     try:
-        languages = resolve_language_set(data_cfg.languages, recipe_dir=recipe_dir, where="data.languages")
+        languages = (
+            resolve_language_set(data_cfg.languages, recipe_dir=recipe_dir, where="data.languages")
+            if data_cfg.languages is not None
+            else []
+        )
     except LanguageSetError as err:
         raise DataValidationError(str(err)) from None
     language_set = set(languages)
 
     # ---- sources: exist, shares add up
-    sources = list(data_cfg.sources.values())
-    for name in data_cfg.sources:
+    for name in (s.name for s in sources):
         if name not in available:
             raise DataValidationError(
                 f"data.sources: source {name!r} does not exist in the manifest (sources there: "
@@ -297,13 +446,16 @@ def build_phase_plan(
     multi = [s for s in sources if s.kind != "fixed"]
     fixed_shares = {s.name: float(s.share) for s in fixed}
     fixed_total = math.fsum(fixed_shares.values())
-    if fixed_total >= 1.0:
+    if fixed_total + reserved >= 1.0:
         parts = " + ".join(f"{n} {s:g}" for n, s in fixed_shares.items())
+        if reserved:
+            parts += f" + published {reserved:g}"
+            fixed_total += reserved
         raise DataValidationError(
             f"data.sources: the fixed shares add up to {fixed_total:g} ({parts}); they must leave a share (< 1) "
             "for the multilingual sources"
         )
-    if not multi:
+    if not multi and not rest_taken:
         raise DataValidationError(
             f"data.sources: no multilingual source to take the remaining share {1 - fixed_total:g} "
             f"(fixed: {', '.join(fixed_shares) or 'none'}); add a source with kind: multilingual"
@@ -379,8 +531,8 @@ def build_phase_plan(
         entries_raw += rows
 
     # ---- multilingual sources: group folders by language
-    tau_languages = [x for x in languages if x not in fixed_languages]
-    if not tau_languages:
+    tau_languages = [x for x in languages if x not in fixed_languages] if multi else []
+    if multi and not tau_languages:
         raise DataValidationError(
             f"data.languages: every language of the set is served by a fixed source "
             f"({_list_items(sorted(fixed_languages))}); nothing is left for the multilingual sources"
@@ -407,8 +559,8 @@ def build_phase_plan(
             f"{', '.join(repr(s.name) for s in multi)}; remove it from the set or prepare its data"
         )
     language_tokens = {x: sum(r["tokens"] for r in by_language[x]) for x in tau_languages}
-    multilingual_share = 1.0 - fixed_total
-    p = temperature_proportions(language_tokens, tau)
+    multilingual_share = 1.0 - fixed_total - reserved
+    p = temperature_proportions(language_tokens, tau) if multi else {}
     language_shares = {x: multilingual_share * p[x] for x in tau_languages}
     for x in tau_languages:
         for r in by_language[x]:

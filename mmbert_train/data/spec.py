@@ -64,18 +64,36 @@ class SourceConfig:
     :class:`DataConfig`), so the YAML entry holds only ``kind``, ``share`` and ``languages``."""
 
     name: str = ""  # the folder name under the data root = the key under data.sources
-    kind: Literal["multilingual", "fixed"] = "multilingual"
-    # fixed sources: share of the phase's TOKENS (not samples), in (0, 1)
+    kind: Literal["multilingual", "fixed", "published"] = "multilingual"
+    # fixed sources: share of the phase's TOKENS (not samples), in (0, 1); published: in (0, 1] or None (the rest)
     share: float | None = None
     # language folders of this source to read (``rus`` selects a ``rus_Cyrl`` folder); None = all folders the
     # manifest lists for it. A fixed source that names its languages (["eng"] for DCLM, ["code"] for StarCoder)
     # serves them alone: they stay out of the tau split. A fixed source without a list (MegaWika) reads all its
     # folders of the phase's languages, adds its share on top of the tau split and takes no language out of it.
     languages: list[str] | None = None
+    # published sources (a downloaded tree read as published, `mmbert_train.data.published`): the folder (e.g. the
+    # `train/` of jhu-clsp/mmBERT-decay-data) and globs over its dataset paths (`textbooks/*`); None = every dataset
+    path: str | None = None
+    include: list[str] | None = None
+    exclude: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         # the one check of a source's share; from a recipe the error is prefixed with data.sources.<name>
         who = f"source {self.name!r}: " if self.name else ""
+        if self.kind == "published":
+            if not self.path:
+                raise ValueError(f"{who}a published source needs a path (the downloaded folder)")
+            if self.share is not None and not 0.0 < self.share <= 1.0:
+                raise ValueError(f"{who}a published share must be in (0, 1], got {self.share}")
+            if self.languages is not None:
+                raise ValueError(
+                    f"{who}a published source takes no languages (its mixture is the data); select datasets "
+                    "with include / exclude"
+                )
+            return
+        if self.path is not None or self.include is not None or self.exclude:
+            raise ValueError(f"{who}path / include / exclude are for kind: published")
         if self.kind == "fixed" and (self.share is None or not 0.0 < self.share < 1.0):
             raise ValueError(f"{who}a fixed source needs a share in (0, 1), got {self.share}")
         if self.kind == "multilingual" and self.share is not None:
@@ -112,13 +130,15 @@ class EvalDataConfig:
     batch_size: int = 16
 
 
-@dataclass
+@dataclass(kw_only=True)
 class DataConfig:
     """Everything the phase dataloader needs to know."""
 
     root: str  # local MDS root holding manifest.json
-    languages: list[str] | str  # the phase's language set: a list of ids or a file with one id per line
-    tau: float  # sampling temperature in (0, 1]
+    # the phase's language set (a list of ids or a file with one id per line) and the sampling temperature in
+    # (0, 1]: needed by multilingual sources, unused when every source is published
+    languages: list[str] | str | None = None
+    tau: float | None = None
     # source name -> source, in reading order. A mapping so that a recipe extending another overrides one
     # entry key by key (``megawika: {share: 0.05}``); ``name: null`` removes a source the parent lists.
     sources: dict[str, SourceConfig | None]
@@ -126,6 +146,9 @@ class DataConfig:
     mask_ratio: float  # MLM mask ratio at the start of the phase
     mask_ratio_end: float | None = None  # linear schedule to this ratio at phase end; None = constant
     remote: str | None = None  # optional remote root (s3://, gs://, ...); `root` is then the local cache
+    # where published sources get their normalized index.json files and token counts (never inside a download);
+    # None = $MMBERT_CACHE, else ~/.cache/mmbert_train
+    cache: str | None = None
     batch_warmup: BatchWarmupConfig = field(default_factory=BatchWarmupConfig)
     shuffle: bool = True
     shuffle_seed: int = 21
@@ -133,7 +156,8 @@ class DataConfig:
     eval: EvalDataConfig = field(default_factory=EvalDataConfig)
 
     def __post_init__(self) -> None:
-        check_tau(self.tau, "data.tau")
+        if self.tau is not None:
+            check_tau(self.tau, "data.tau")
         self.sources = _named_sources(self.sources)
         for name in ("mask_ratio", "mask_ratio_end"):
             value = getattr(self, name)

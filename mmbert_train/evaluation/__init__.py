@@ -2,8 +2,9 @@
 
     mmbert eval-mlm MODEL --data MDS --languages FILE [--group NAME=FILE ...] [--mask-ratio 0.15] [--seed 1234]
 
-``MODEL`` is anything :func:`mmbert_train.model.load_pretrained` reads (a Hugging Face directory, one of our
-Composer checkpoints, a FlexBert checkpoint). The text is the held-out split that ``mmbert prep tokenize`` wrote
+``MODEL`` is a checkpoint of any format :func:`mmbert_train.model.load_pretrained` reads (a Hugging Face
+directory, a ``.safetensors`` file, one of our Composer checkpoints, a FlexBert checkpoint, a sharded FSDP
+directory). The text is the held-out split that ``mmbert prep tokenize`` wrote
 to ``MDS/<source>/<language>/heldout/``: documents no phase trains on.
 
 What is measured. Every held-out sample is cut into pieces of at most ``max_seq_len`` tokens (the loader's

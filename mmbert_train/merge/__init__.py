@@ -3,7 +3,7 @@ last checkpoints (mmBERT-small), plain weighted averages. See docs/merging.md.
 
 - :mod:`.methods`: the arithmetic on tensors and state dicts (``ties_merge``, ``linear_merge``, ``ema_merge``);
 - checkpoints are read through :mod:`mmbert_train.checkpoints` (lazy, memory-mapped);
-- :mod:`.writer`: streamed safetensors output, atomic output directories, tokenizer files;
+- :mod:`.writer`: the streamed safetensors output (config and tokenizer are written by :mod:`mmbert_train.checkpoints`);
 - :mod:`.engine`: ``merge_checkpoints``, the streaming merge of checkpoints on disk;
 - :mod:`.config`: the ``MergeConfig`` recipe schema and ``run_config`` (``mmbert merge`` is :mod:`mmbert_train.commands.merge`).
 """

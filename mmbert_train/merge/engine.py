@@ -1,7 +1,8 @@
 """The streaming merge: checkpoints on disk in, a Hugging Face model directory out, one tensor chunk at a time.
 
-Peak memory is a few chunks per input (``chunk_numel`` entries each), not (k + 1) models: the inputs are lazy
-memory-mapped Mappings (:mod:`.sources`) whose pages are released after every chunk, the arithmetic runs chunk
+Peak memory is a few chunks per input (``chunk_numel`` entries each), not (k + 1) models: the inputs are opened
+with :func:`mmbert_train.checkpoints.open_checkpoint` (lazy, memory-mapped; every format we read) and their
+pages are released after every chunk, the arithmetic runs chunk
 by chunk (:mod:`.methods`), and each merged chunk goes straight to disk (:mod:`.writer`).
 """
 
@@ -19,7 +20,19 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..atomic import atomic_output_dir
-from ..checkpoints import EMBEDDINGS, CheckpointError, hf_config_of, open_checkpoint
+from ..checkpoints import (
+    EMBEDDINGS,
+    Checkpoint,
+    CheckpointError,
+    check_output_path,
+    dtype_of,
+    find_tokenizer,
+    hf_config_json,
+    open_checkpoint,
+    release,
+    shape_of,
+    write_tokenizer,
+)
 from .methods import (
     DEFAULT_CHUNK_NUMEL,
     check_weights,
@@ -29,10 +42,11 @@ from .methods import (
     linear_chunks,
     ties_chunks,
 )
-from .writer import StreamingSafetensorsWriter, copy_tokenizer
+from .writer import StreamingSafetensorsWriter
 
 METHODS = ("ties", "linear", "ema")
 OUTPUT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_DTYPE_NAMES = {value: key for key, value in OUTPUT_DTYPES.items()}
 
 
 class MergeError(ValueError):
@@ -43,20 +57,20 @@ class MergeError(ValueError):
 class _Input:
     role: str  # "base", "models[2]": how errors name it
     path: Path
-    state: Mapping[str, Tensor]
+    checkpoint: Checkpoint
+
+    @property
+    def state(self) -> Mapping[str, Tensor]:
+        return self.checkpoint.weights
 
     def shape(self, key: str) -> tuple[int, ...]:
-        getter = getattr(self.state, "shape", None)
-        return tuple(getter(key)) if getter else tuple(self.state[key].shape)
+        return shape_of(self.state, key)
 
     def dtype(self, key: str) -> torch.dtype:
-        getter = getattr(self.state, "dtype", None)
-        return getter(key) if getter else self.state[key].dtype
+        return dtype_of(self.state, key)
 
     def release(self) -> None:
-        release = getattr(self.state, "release", None)
-        if release:
-            release()
+        release(self.state)
 
     def __str__(self) -> str:
         return f"{self.role} ({self.path})"
@@ -144,20 +158,17 @@ def merge_checkpoints(
         if not Path(path).exists():
             raise MergeError(f"{role} not found: {path}")
     try:
+        check_output_path(out, dict(roles))
         inputs = [
             _Input(role, Path(path), open_checkpoint(path, trust_pickle=trust_pickle, role=role))
             for role, path in roles
         ]
+        # the config (and tokenizer) of the output come from the base, or from the newest checkpoint
+        reference = inputs[0] if method == "ties" else inputs[-1]
+        config = reference.checkpoint.model_config()
     except CheckpointError as err:
         raise MergeError(str(err)) from None
     keys = check_compatible(inputs)
-    # the config (and tokenizer) of the output come from the base, or from the newest checkpoint
-    reference = inputs[0] if method == "ties" else inputs[-1]
-    hf_config = hf_config_of(reference.path, reference.state, trust_pickle=trust_pickle)
-    if hf_config is None:
-        raise MergeError(
-            f"cannot find a model config for {reference} (no config.json, no recorded ModelConfig)"
-        )
 
     out_dtypes = {k: OUTPUT_DTYPES[dtype] if dtype else reference.dtype(k) for k in keys}
     for key in keys:
@@ -167,6 +178,15 @@ def merge_checkpoints(
     total = sum(_numel(shape) for _, _, shape in entries)
     started = time.perf_counter()
     with atomic_output_dir(Path(out), overwrite=overwrite) as tmp:
+        # config and tokenizer first: a tokenizer that does not fit the model fails before the merge runs
+        float_dtype = OUTPUT_DTYPES.get(dtype) or reference.dtype(EMBEDDINGS)
+        (tmp / "config.json").write_text(hf_config_json(config, _DTYPE_NAMES.get(float_dtype, "float32")))
+        tokenizer_source = find_tokenizer(reference.path, tokenizer)
+        if tokenizer_source is not None:
+            try:
+                write_tokenizer(tokenizer_source, tmp, config)
+            except CheckpointError as err:
+                raise MergeError(str(err)) from None
         writer = StreamingSafetensorsWriter(tmp / "model.safetensors", entries)
         bar = tqdm(total=total, unit="param", unit_scale=True, desc=f"merge ({method})", disable=not progress)
         for key, out_dtype, shape in entries:
@@ -176,13 +196,6 @@ def merge_checkpoints(
         writer.close()
         bar.close()
 
-        if dtype:
-            hf_config["torch_dtype"] = dtype
-        (tmp / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
-        if tokenizer is not None:
-            copy_tokenizer(Path(tokenizer), tmp)
-        elif reference.path.is_dir() and (reference.path / "tokenizer.json").is_file():
-            copy_tokenizer(reference.path, tmp)
         info = {
             "method": method,
             "base": str(base) if base is not None else None,

@@ -46,9 +46,9 @@ def write_hf_dir(
     save_file({k: v.contiguous() for k, v in state.items()}, str(out / "model.safetensors"), {"format": "pt"})
     (out / "config.json").write_text(json.dumps(config.to_hf_dict(), indent=2))
     if tokenizer is not None:
-        from .writer import copy_tokenizer
+        from mmbert_train.checkpoints import write_tokenizer
 
-        copy_tokenizer(Path(tokenizer), out)
+        write_tokenizer(Path(tokenizer), out, config)
     return out
 
 
@@ -85,4 +85,18 @@ def write_dcp_checkpoint(out: Path, config: ModelConfig, state: dict[str, torch.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         dcp.save(composer_state, storage_writer=dcp.FileSystemWriter(str(out)))
+    return Path(out)
+
+
+def write_composer_checkpoint(out: Path, config: ModelConfig, state: dict[str, torch.Tensor]) -> Path:
+    """One of our Composer checkpoints as the trainer writes it: ``state['model']`` keyed ``"model." + HF key``,
+    the model config under ``state['callbacks']['ModelConfigRecorder']['model_config']``."""
+    checkpoint = {
+        "state": {
+            "model": {"model." + k: v for k, v in state.items()},
+            "callbacks": {"ModelConfigRecorder": {"model_config": config.to_dict()}},
+        },
+        "rng": [],
+    }
+    torch.save(checkpoint, out)
     return Path(out)

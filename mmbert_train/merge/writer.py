@@ -1,4 +1,4 @@
-"""Writing a Hugging Face model directory: a streamed ``model.safetensors``, tokenizer files, atomic publication.
+"""Writing the merged ``model.safetensors`` as a stream (config and tokenizer: :mod:`mmbert_train.checkpoints`).
 
 :class:`StreamingSafetensorsWriter` writes the safetensors header first (every name, dtype and shape is known
 before the merge starts) and then each tensor's bytes as they are produced, chunk by chunk, so the merged model
@@ -12,7 +12,6 @@ leaves no half-written model behind.
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,14 +21,6 @@ from torch import Tensor
 from ..checkpoints import SAFETENSORS_DTYPES
 
 _DTYPE_NAMES = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items()}
-
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "tokenizer.model",
-)
 
 
 class StreamingSafetensorsWriter:
@@ -79,17 +70,3 @@ class StreamingSafetensorsWriter:
         if self._current != len(self._sizes):
             name = self._sizes[self._current][0]
             raise ValueError(f"safetensors output closed before tensor {name} was complete")
-
-
-def copy_tokenizer(source: Path, dest: Path) -> list[str]:
-    """Copy the tokenizer files of ``source`` (a transformers tokenizer directory, as ``mmbert prep
-    train-tokenizer`` writes it) into ``dest``; returns the names of the files copied."""
-    source = Path(source)
-    if source.is_dir():
-        names = [name for name in TOKENIZER_FILES if (source / name).is_file()]
-        if not names:
-            raise FileNotFoundError(f"no tokenizer files ({', '.join(TOKENIZER_FILES)}) in {source}")
-        for name in names:
-            shutil.copyfile(source / name, dest / name)
-        return names
-    raise FileNotFoundError(f"tokenizer directory not found: {source}")

@@ -13,6 +13,9 @@ from typing import Any
 
 ATTN_BACKENDS = ("auto", "flash", "flex", "sdpa", "eager")
 
+# transformers 5's layer types (`layer_types`, keys of `rope_parameters`)
+_FULL, _SLIDING = "full_attention", "sliding_attention"
+
 # What a ModernBertConfig may say that this encoder does not implement (value we require).
 _HF_FIXED = {
     "hidden_activation": "gelu",
@@ -145,11 +148,15 @@ class ModelConfig:
         return cls(**merged)
 
     def to_hf_dict(self) -> dict[str, Any]:
-        """The `config.json` of the equivalent transformers `ModernBertForMaskedLM`.
+        """The `config.json` of the equivalent transformers `ModernBertForMaskedLM`, in both config generations.
 
-        Every architecture field is written (nothing is left to transformers' defaults, whose special ids and
-        local theta differ from mmBERT's); dropouts are 0 because an exported model is for inference and
-        transformers' single `attention_dropout` would apply to both probabilities and output.
+        transformers 4.x reads the RoPE thetas from `global_rope_theta` / `local_rope_theta` and the layer pattern
+        from `global_attn_every_n_layers`; transformers 5 reads `rope_parameters` (`full_attention` /
+        `sliding_attention`) and `layer_types`, and ignores the legacy keys where those are present. Both are
+        written, with the same values. Every architecture field is written (nothing is left to transformers'
+        defaults, whose special ids and local theta differ from mmBERT's); dropouts are 0 because an exported
+        model is for inference and transformers' single `attention_dropout` would apply to both probabilities
+        and output.
         """
         return {
             "architectures": ["ModernBertForMaskedLM"],
@@ -160,9 +167,14 @@ class ModelConfig:
             "num_hidden_layers": self.num_hidden_layers,
             "num_attention_heads": self.num_attention_heads,
             "global_attn_every_n_layers": self.global_attn_every_n_layers,
+            "layer_types": self.layer_types(),
             "local_attention": self.local_attention,
             "global_rope_theta": float(self.global_rope_theta),
             "local_rope_theta": float(self.local_rope_theta),
+            "rope_parameters": {
+                _FULL: {"rope_type": "default", "rope_theta": float(self.global_rope_theta)},
+                _SLIDING: {"rope_type": "default", "rope_theta": float(self.local_rope_theta)},
+            },
             "norm_eps": self.norm_eps,
             "max_position_embeddings": self.max_position_embeddings,
             "pad_token_id": self.pad_token_id,
@@ -186,9 +198,23 @@ class ModelConfig:
             "torch_dtype": "float32",
         }
 
+    def layer_types(self) -> list[str]:
+        """transformers 5's name for each layer's attention: ``full_attention`` (global) or ``sliding_attention``."""
+        return [_FULL if self.is_global_layer(i) else _SLIDING for i in range(self.num_hidden_layers)]
+
     @classmethod
     def from_hf_dict(cls, hf: dict[str, Any], where: str = "config.json", **overrides: Any) -> ModelConfig:
-        """Read a ModernBertConfig dict (e.g. a `config.json`); ``overrides`` replace fields afterwards."""
+        """Read a ModernBertConfig dict (e.g. a `config.json`) of either generation; ``overrides`` replace fields
+        afterwards.
+
+        RoPE thetas: `rope_parameters` (transformers 5: `{full_attention: {rope_theta}, sliding_attention:
+        {rope_theta}}`, or one flat `{rope_theta}` for both) and/or the legacy `global_rope_theta` (alias
+        `rope_theta`) / `local_rope_theta`; a key that is absent everywhere takes transformers' default (global
+        160,000, local 10,000), a legacy local theta of null means the global one. Layer pattern: `layer_types`
+        and/or `global_attn_every_n_layers` (default 3). Where both generations give a value they must agree;
+        a `layer_types` list that is not "global every n-th layer, starting at layer 0" cannot be expressed
+        here and is an error, as is any RoPE type but the default (no scaling).
+        """
         unsupported = [
             f"{key}={hf[key]!r} (supported: {want!r})"
             for key, want in _HF_FIXED.items()
@@ -211,23 +237,112 @@ class ModelConfig:
         defaults = cls()
         values: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
-            if f.name in ("attn_backend", "attn_out_dropout"):
+            if f.name in ("attn_backend", "attn_out_dropout", "global_rope_theta", "local_rope_theta"):
                 continue
             if f.name in hf and hf[f.name] is not None:
                 values[f.name] = hf[f.name]
             else:
                 values[f.name] = getattr(defaults, f.name)
-        # transformers: a missing/None local theta means "same as global"; `rope_theta` aliases the global one.
-        if hf.get("global_rope_theta") is None and hf.get("rope_theta") is not None:
-            values["global_rope_theta"] = hf["rope_theta"]
-        if hf.get("local_rope_theta") is None:
-            values["local_rope_theta"] = values["global_rope_theta"]
+        values["global_rope_theta"], values["local_rope_theta"] = _hf_rope_thetas(hf, where)
+        values["global_attn_every_n_layers"] = _hf_global_every(hf, int(hf["num_hidden_layers"]), where)
         # transformers' attention_dropout drops both the probabilities and the attention output.
         values["attn_out_dropout"] = values["attention_dropout"]
-        for key in ("global_rope_theta", "local_rope_theta", "norm_eps", "initializer_range"):
+        for key in ("norm_eps", "initializer_range"):
             values[key] = float(values[key])
         values.update(overrides)
         return cls.from_dict(values)
+
+
+def _theta(value: Any, key: str, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ValueError(f"{where}: {key} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def _hf_rope_thetas(hf: dict[str, Any], where: str) -> tuple[float, float]:
+    """(global, local) RoPE theta from either config generation; see `ModelConfig.from_hf_dict`."""
+    if hf.get("rope_scaling") not in (None, {}):
+        raise ValueError(
+            f"{where}: rope_scaling={hf['rope_scaling']!r} is not implemented (default RoPE only)"
+        )
+    new: dict[str, float] = {}
+    params = hf.get("rope_parameters")
+    if params is not None:
+        if not isinstance(params, dict):
+            raise ValueError(f"{where}: rope_parameters must be a mapping, got {params!r}")
+        per_type = {_FULL: params.get(_FULL), _SLIDING: params.get(_SLIDING)}
+        if per_type[_FULL] is None and per_type[_SLIDING] is None and "rope_theta" in params:
+            per_type = {_FULL: params, _SLIDING: params}  # one set of parameters for every layer
+        for kind, name in ((_FULL, "global"), (_SLIDING, "local")):
+            entry = per_type[kind]
+            if entry is None:
+                continue
+            key = f"rope_parameters.{kind}" if entry is not params else "rope_parameters"
+            if not isinstance(entry, dict):
+                raise ValueError(f"{where}: {key} must be a mapping, got {entry!r}")
+            if entry.get("rope_type", "default") != "default":
+                raise ValueError(
+                    f"{where}: {key}.rope_type={entry['rope_type']!r} is not implemented (default RoPE only)"
+                )
+            if entry.get("rope_theta") is not None:
+                new[name] = _theta(entry["rope_theta"], f"{key}.rope_theta", where)
+    legacy: dict[str, float] = {}
+    global_key = "global_rope_theta" if hf.get("global_rope_theta") is not None else "rope_theta"
+    if hf.get(global_key) is not None:
+        legacy["global"] = _theta(hf[global_key], global_key, where)
+    if hf.get("local_rope_theta") is not None:
+        legacy["local"] = _theta(hf["local_rope_theta"], "local_rope_theta", where)
+    legacy_keys = {"global": global_key, "local": "local_rope_theta"}
+    new_keys = {
+        "global": f"rope_parameters.{_FULL}.rope_theta",
+        "local": f"rope_parameters.{_SLIDING}.rope_theta",
+    }
+    for name in ("global", "local"):
+        if name in new and name in legacy and new[name] != legacy[name]:
+            raise ValueError(
+                f"{where}: the two config generations disagree on the {name} RoPE theta: "
+                f"{legacy_keys[name]}={legacy[name]:g} but {new_keys[name]}={new[name]:g}"
+            )
+    global_theta = new.get("global", legacy.get("global", 160000.0))
+    if "local" in new or "local" in legacy:
+        local_theta = new.get("local", legacy.get("local"))
+    elif "local_rope_theta" in hf:  # present but null: transformers uses the global theta
+        local_theta = global_theta
+    else:
+        local_theta = 10000.0  # transformers' ModernBertConfig default
+    return global_theta, local_theta
+
+
+def _hf_global_every(hf: dict[str, Any], num_layers: int, where: str) -> int:
+    """``global_attn_every_n_layers`` from `layer_types` and/or the legacy key; see `ModelConfig.from_hf_dict`."""
+    every = hf.get("global_attn_every_n_layers")
+    if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
+        raise ValueError(f"{where}: global_attn_every_n_layers must be an integer >= 1, got {every!r}")
+    types = hf.get("layer_types")
+    if types is None:
+        return 3 if every is None else every
+    if not isinstance(types, list) or len(types) != num_layers or not set(types) <= {_FULL, _SLIDING}:
+        raise ValueError(
+            f"{where}: layer_types must list {num_layers} entries (num_hidden_layers), each {_FULL!r} or "
+            f"{_SLIDING!r}; got {types!r}"
+        )
+
+    def pattern(n: int) -> list[str]:
+        return [_FULL if i % n == 0 else _SLIDING for i in range(num_layers)]
+
+    full = [i for i, kind in enumerate(types) if kind == _FULL]
+    inferred = full[1] if len(full) > 1 else max(num_layers, 1)
+    if not full or full[0] != 0 or pattern(inferred) != types:
+        raise ValueError(
+            f"{where}: layer_types {types} cannot be expressed by this encoder, whose global layers are every "
+            "n-th layer starting at layer 0 (global_attn_every_n_layers)"
+        )
+    if every is not None and pattern(every) != types:
+        raise ValueError(
+            f"{where}: the two config generations disagree on the layer pattern: global_attn_every_n_layers="
+            f"{every} gives {pattern(every)} but layer_types is {types}"
+        )
+    return inferred if every is None else every
 
 
 def output_projection_std(config: ModelConfig) -> float:

@@ -158,6 +158,10 @@ def heldout_callbacks(recipe: Recipe) -> list[Any]:
     """Held-out evaluation per language and group (``data.eval``) at a fixed mask ratio and seed."""
     if not recipe.eval.enabled:
         return []
+    if all(s.kind == "published" for s in recipe.data.sources.values()):
+        # no held-out split is published: evaluate with `mmbert eval-mlm` on held-out data of your own
+        log.info("held-out eval off: every source is published and none has a held-out split")
+        return []
     return [HeldoutEval(recipe.data, recipe.eval.interval)]
 
 
