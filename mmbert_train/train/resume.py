@@ -56,6 +56,7 @@ FOLLOWED_ON_RESUME = (
     "data.num_workers",
     "data.root",  # the same data in another place (a copy, a cache)
     "data.remote",
+    "data.cache",  # where normalized indexes of published sources are kept
     "tokenizer",
     "description",
 )

@@ -333,8 +333,13 @@ def build_trainer(
     from mmbert_train.train.preflight import check_recipe_files, check_shards
 
     check_recipe_files(recipe, recipe.name)
-    if train_dataloader is None and recipe.data.remote is None:
-        check_shards(recipe.data.root, recipe.name)
+    local_mds = all(
+        s.kind != "published" and getattr(s, "path", None) is None for s in recipe.data.sources.values()
+    )
+    if train_dataloader is None and recipe.data.remote is None and local_mds:
+        check_shards(
+            recipe.data.root, recipe.name
+        )  # our own MDS under data.root (published data is read as is)
     device = resolve_device(recipe)
     precision = resolve_precision(recipe, device)
     world_size = dist.get_world_size()
