@@ -12,7 +12,7 @@
   so the tree's PSS also creeps up with run time as copy-on-write pages get copied; that growth is bounded
   by the parent's size, not by the corpus.
 
-Targets (issue 3): ours >= 0.8x the ceiling; peak memory of the 4x corpus within 10% of the 1x.
+Targets: ours >= 0.8x the ceiling; peak memory of the 4x corpus within 10% of the 1x.
 
     .venv/bin/python bench/prep_throughput.py --workers 2 --docs-per-file 400
 """

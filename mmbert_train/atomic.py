@@ -3,7 +3,8 @@
 * Directories: :func:`atomic_output_dir` (tokenizer, sample corpus, exported or merged model). The temporary
   sibling is ``.NAME.tmp-PID``; an overwritten output is moved to ``.NAME.old-PID`` for the instant of the swap.
 * Files: :func:`atomic_write_text`, :func:`atomic_write_bytes`, :func:`atomic_write_json` (manifests, indexes,
-  markers, tables). The temporary file ``.NAME.tmp-PID-RANDOM`` is flushed and fsynced before ``os.replace``,
+  markers, tables), all through :func:`atomic_output_file`, which a writer that needs a file name (``savefig``,
+  a downloader, ``csv.writer``) uses directly. The temporary file ``.NAME.tmp-PID-RANDOM`` is flushed and fsynced before ``os.replace``,
   so the target holds the old content or the whole new one, even after a crash or power loss.
 
 A crashed or killed run leaves either the old output or the complete new one, never a half-written one. What it
@@ -95,23 +96,30 @@ def atomic_output_dir(out: Path, *, overwrite: bool = False) -> Iterator[Path]:
         tmp.rename(out)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically: a temporary file in the same folder, fsync, ``os.replace``."""
+@contextlib.contextmanager
+def atomic_output_file(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary file name in ``path``'s folder; when the block ends without error the file is fsynced and
+    renamed to ``path`` (``os.replace``), else removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     clean_leftovers(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
+        yield tmp
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
-    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically: a temporary file in the same folder, fsync, ``os.replace``."""
+    with atomic_output_file(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+    return Path(path)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:

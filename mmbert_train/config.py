@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from mmbert_train.data.batching import check_batch_warmup
 from mmbert_train.data.spec import DataConfig
 from mmbert_train.model.config import PRESETS, ModelConfig
 from mmbert_train.schema import ConfigError, from_dict, load_yaml, to_dict
@@ -186,6 +187,9 @@ class TrainerConfig:
     parallelism: Literal["auto", "ddp", "fsdp"] = "auto"  # auto: DDP when several ranks; fsdp: see `fsdp`
     fsdp: FSDPConfig = field(default_factory=FSDPConfig)
     compile: bool = False  # torch.compile the model (GPU)
+    # Memory of one GPU the microbatch is sized for ("80GB" = 80e9 bytes, "80GiB" = 80 * 2^30); `mmbert config`
+    # warns when the memory planner (mmbert_train.memory) says device_microbatch_size does not fit it.
+    gpu_memory: str = "80GB"
     run_name: str | None = None  # None = the recipe's `name`
     save_folder: str | None = None  # None = no checkpoints
     save_interval: str = "1000ba"  # also written at the end of the phase
@@ -225,6 +229,12 @@ class TrainerConfig:
             raise ValueError(
                 f"trainer.device_microbatch_size must be >= 1, got {self.device_microbatch_size}"
             )
+        from mmbert_train.memory import parse_memory
+
+        try:
+            parse_memory(self.gpu_memory)
+        except ValueError as err:
+            raise ValueError(f"trainer.gpu_memory: {err}") from None
 
 
 @dataclass
@@ -422,12 +432,11 @@ def check_recipe(recipe: Recipe, where: str = "recipe") -> None:
             f"is not a multiple of trainer.device_microbatch_size {micro}"
         )
     warm = data.batch_warmup
+    try:
+        check_batch_warmup(warm.start_batch_size, warm.tokens, trainer.global_batch_size)
+    except ValueError as err:
+        fail(str(err))
     if warm.tokens > 0:
-        if not 0 < warm.start_batch_size <= trainer.global_batch_size:
-            fail(
-                f"data.batch_warmup.start_batch_size {warm.start_batch_size} must be in "
-                f"[1, trainer.global_batch_size = {trainer.global_batch_size}]"
-            )
         if recipe.phase != "pretrain" and recipe.phase != "smoke":
             fail(
                 f"data.batch_warmup is pre-training only (the paper's recipe); this is a {recipe.phase} phase"
@@ -477,6 +486,7 @@ def load_recipe(path: str | Path, overrides: typing.Iterable[str] = ()) -> Recip
         )
     recipe = from_dict(Recipe, raw, where)
     check_recipe(recipe, str(path))
+    recipe.data.recipe_dir = str(path.resolve().parent)
     return recipe
 
 

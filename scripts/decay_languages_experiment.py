@@ -36,6 +36,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from mmbert_train.atomic import atomic_output_dir, atomic_output_file, atomic_write_json, atomic_write_text
+
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = Path("recipes/experiments/decay_languages")  # relative to the repo root, where every step runs
 RUN_DIR = Path("runs/decay_languages")
@@ -144,12 +146,12 @@ def prepare_data(data: Path, env: Mapping[str, str]) -> None:
                    "--vocab-size", str(DATA_SETTINGS["vocab_size"])), env=env)  # fmt: skip
     eng = raw / "udhr_eng" / "eng"
     if not eng.is_dir():
-        tmp = eng.with_name(".eng.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(raw / "udhr" / "eng", tmp)
-        tmp.rename(eng)
+        with atomic_output_dir(eng) as tmp:
+            shutil.copytree(raw / "udhr" / "eng", tmp, dirs_exist_ok=True)
+    from mmbert_train.data.manifest import load_manifest
+
     manifest = mds / "manifest.json"
-    if not manifest.exists() or "udhr_eng" not in json.loads(manifest.read_text())["sources"]:
+    if not manifest.exists() or "udhr_eng" not in load_manifest(manifest)["sources"]:
         log("data: mmbert prep tokenize")
         run(mmbert("prep", "tokenize", "--input", str(raw), "--output", str(mds), "--tokenizer", str(tok),
                    "--max-seq-len", str(DATA_SETTINGS["max_seq_len"]),
@@ -221,7 +223,7 @@ def train_phase(
         log(f"seed {seed}: {phase} hit a Streaming shared-memory race; retrying once")
         seconds = run(cmd, log_file, env)
     info = {"phase": phase, "seconds": seconds, "tokens": tokens_seen(log_file), "overrides": overrides}
-    done.write_text(json.dumps(info, indent=2))
+    atomic_write_json(done, info)
     log(f"seed {seed}: {phase} done in {seconds:.0f}s ({info['tokens']} tokens)")
     return info
 
@@ -240,7 +242,7 @@ def merge(run_dir: Path, seed: int, data: Path, env: Mapping[str, str]) -> dict:
         seed_dir(run_dir, seed) / "logs" / "merge.log", env,
     )  # fmt: skip
     info = {"seconds": seconds}
-    done.write_text(json.dumps(info))
+    atomic_write_json(done, info)
     return info
 
 
@@ -248,9 +250,24 @@ def variant_path(run_dir: Path, seed: int, variant: str) -> Path:
     return seed_dir(run_dir, seed) / "merged" if variant == "merged" else checkpoint(run_dir, seed, variant)
 
 
+def heldout_data_config(data: Path):
+    """The data section held-out text is scored with: decay_all.yaml's (every language) on the prepared data,
+    with the experiment's evaluation settings (EVAL_*)."""
+    from mmbert_train.config import load_recipe
+
+    overrides = [
+        f"data.root={data / 'mds'}",
+        f"data.eval.mask_ratio={EVAL_MASK_RATIO}",
+        f"data.eval.seed={EVAL_SEED}",
+        f"data.eval.max_seq_len={EVAL_MAX_SEQ_LEN}",
+        f"data.eval.max_samples_per_language={EVAL_MAX_SAMPLES}",
+    ]
+    return load_recipe(RECIPES / "decay_all.yaml", overrides).data
+
+
 def evaluate_seed(run_dir: Path, seed: int, data: Path, groups: Mapping[str, list[str]], heldout_cache: dict):
     """Score every variant of one seed; one JSON per variant under ``seed<S>/eval/`` (reused when present)."""
-    from mmbert_train.evaluation import evaluate_model, load_heldout, write_json
+    from mmbert_train.evaluation import HeldoutSet, evaluate_model, write_json
     from mmbert_train.model import load_pretrained
 
     for variant in VARIANTS:
@@ -261,13 +278,14 @@ def evaluate_seed(run_dir: Path, seed: int, data: Path, groups: Mapping[str, lis
         model = load_pretrained(path, attn_backend="sdpa")
         key = (model.config.vocab_size, model.config.mask_token_id)
         if key not in heldout_cache:  # the same masked held-out tokens for every checkpoint
-            heldout_cache[key] = load_heldout(
-                data / "mds", [x for g in GROUPS for x in groups[g]], mask_ratio=EVAL_MASK_RATIO,
-                seed=EVAL_SEED, max_seq_len=EVAL_MAX_SEQ_LEN, max_samples_per_language=EVAL_MAX_SAMPLES,
-                sources=["udhr"], vocab_size=key[0], mask_token_id=key[1],
+            heldout_cache[key] = HeldoutSet.from_data_config(
+                heldout_data_config(data), vocab_size=key[0], mask_token_id=key[1],
+                languages=[x for g in GROUPS for x in groups[g]], groups={g: groups[g] for g in GROUPS},
+                sources=["udhr"],  # udhr_eng repeats udhr's English
             )  # fmt: skip
+        heldout = heldout_cache[key]
         start = time.perf_counter()
-        report = evaluate_model(model, heldout_cache[key], {g: groups[g] for g in GROUPS})
+        report = evaluate_model(model, heldout, heldout.groups)
         report.settings = {"model": str(path), **report.settings, "seconds": time.perf_counter() - start}
         write_json(report, out)
         log(f"seed {seed}: eval {variant}: " + ", ".join(
@@ -423,11 +441,9 @@ def write_plot(results: Results, path: Path) -> Path:
         f"Held-out MLM accuracy at {EVAL_MASK_RATIO:.0%} masking (bars: mean over seeds {results.seeds}; dots: seeds)"
     )
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_output_file(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 
@@ -660,12 +676,7 @@ def write_report(
         for m in missing:
             out.append(f"- {m}")
         out.append("")
-    text = "\n".join(out).rstrip() + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, "\n".join(out).rstrip() + "\n")
 
 
 def machine_description(threads: int, jobs: int = 1) -> str:
@@ -760,7 +771,7 @@ def main(argv: list[str] | None = None) -> int:
             info["merge"] = merge(args.run_dir, seed, data, env)
             evaluate_seed(args.run_dir, seed, data, groups, heldout_cache)
             info["total_seconds"] = time.perf_counter() - start
-            (seed_dir(args.run_dir, seed) / "run.json").write_text(json.dumps(info, indent=2))
+            atomic_write_json(seed_dir(args.run_dir, seed) / "run.json", info)
             runs[seed] = info
     for seed in args.seeds:
         run_json = seed_dir(args.run_dir, seed) / "run.json"

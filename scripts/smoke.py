@@ -15,7 +15,6 @@ redone from scratch.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -84,45 +83,38 @@ def plan_phases() -> None:
 
 
 class HeldoutScorer:
-    """Held-out MLM loss / accuracy of a phase's languages, the same masked tokens for every model."""
+    """Held-out MLM loss / accuracy over a phase's languages, the same masked tokens for every model.
+
+    The held-out set is the phase recipe's (``data.eval``: one mask ratio, seed and length for every phase),
+    grouped as one group of the phase's languages, read from the ``udhr`` source only (``udhr_eng`` repeats its
+    English)."""
 
     def __init__(self) -> None:
-        from mmbert_train.config import load_recipe
+        self.cache: dict[str, object] = {}
 
-        self.recipe = load_recipe(PHASES[0][1])
-        manifest = json.loads((MDS / "manifest.json").read_text())
-        self.heldout_languages = {
-            language
-            for language, stats in manifest["sources"]["udhr"].items()
-            if stats.get("heldout_documents", 0) > 0
-        }
-        self.cache: dict[tuple[str, ...], object] = {}
+    def heldout(self, recipe):
+        from mmbert_train.evaluation import HeldoutSet
+
+        key = str(recipe.data.languages)
+        if key not in self.cache:
+            model = recipe.model_config
+            self.cache[key] = HeldoutSet.from_data_config(
+                recipe.data,
+                vocab_size=model.vocab_size,
+                mask_token_id=model.mask_token_id,
+                groups={"phase": recipe.data.languages},
+                sources=["udhr"],
+            )
+        return self.cache[key]
 
     def languages(self, recipe) -> list[str]:
-        from mmbert_train.data.languages import resolve_language_set
+        return self.heldout(recipe).groups["phase"]
 
-        wanted = resolve_language_set(recipe.data.languages)
-        return [language for language in wanted if language in self.heldout_languages]
+    def score(self, model, recipe) -> tuple[float, float]:
+        from mmbert_train.evaluation import evaluate_model
 
-    def score(self, model, languages: list[str]) -> tuple[float, float]:
-        from mmbert_train.evaluation import evaluate_model, load_heldout
-
-        key = tuple(languages)
-        if key not in self.cache:
-            ev = self.recipe.data.eval
-            self.cache[key] = load_heldout(
-                MDS,
-                languages,
-                mask_ratio=ev.mask_ratio,
-                seed=ev.seed,
-                max_seq_len=ev.max_seq_len,
-                max_samples_per_language=ev.max_samples_per_language,
-                sources=["udhr"],  # udhr_eng repeats udhr's English
-                vocab_size=model.config.vocab_size,
-                mask_token_id=model.config.mask_token_id,
-            )
-        report = evaluate_model(model, self.cache[key], {"phase": languages})
-        group = report.groups["phase"]
+        heldout = self.heldout(recipe)
+        group = evaluate_model(model, heldout, heldout.groups).groups["phase"]
         return group.score.loss, group.score.accuracy
 
 
@@ -186,13 +178,13 @@ def train_phases(scorer: HeldoutScorer) -> list[dict]:
     for name, recipe_path in PHASES:
         recipe = load_recipe(recipe_path)
         languages = scorer.languages(recipe)
-        before = scorer.score(start_model(recipe), languages)
-        unigram = scorer.score(UnigramModel(languages, VOCAB_SIZE), languages)
+        before = scorer.score(start_model(recipe), recipe)
+        unigram = scorer.score(UnigramModel(languages, VOCAB_SIZE), recipe)
         step(f"train {name}: python train.py {recipe_path}")
         started = time.perf_counter()
         run(sys.executable, "train.py", recipe_path)
         seconds = time.perf_counter() - started
-        after = scorer.score(final_model(recipe), languages)
+        after = scorer.score(final_model(recipe), recipe)
         rows.append(
             {"phase": name, "languages": len(languages), "before": before, "after": after, "seconds": seconds,
              "unigram": unigram, "recipe": recipe})  # fmt: skip
@@ -212,7 +204,7 @@ def merge_and_export(rows: list[dict], scorer: HeldoutScorer) -> Path:
     from mmbert_train.model import load_pretrained
 
     decay_all = rows[-1]  # its "before" is the midtrain checkpoint on all languages: the merge's base
-    merged = scorer.score(load_pretrained(EXPORT), scorer.languages(decay_all["recipe"]))
+    merged = scorer.score(load_pretrained(EXPORT), decay_all["recipe"])
     rows.append(
         {"phase": "merge (TIES)", "languages": decay_all["languages"], "before": decay_all["before"],
          "after": merged, "seconds": float("nan"), "unigram": decay_all["unigram"]})  # fmt: skip

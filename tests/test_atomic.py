@@ -11,6 +11,7 @@ import pytest
 
 from mmbert_train.atomic import (
     atomic_output_dir,
+    atomic_output_file,
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
@@ -89,3 +90,18 @@ def test_killed_in_the_middle_of_a_swap_restores_the_previous_output(tmp_path, d
     old.mkdir()
     assert clean_leftovers(tmp_path / "out") == [old]
     assert not old.exists() and (tmp_path / "out" / "f").read_text() == "previous"
+
+
+def test_output_file_for_writers_that_need_a_name(tmp_path):
+    path = tmp_path / "plot.png"
+    path.write_bytes(b"old")
+    with pytest.raises(RuntimeError, match="writer failed"):
+        with atomic_output_file(path) as tmp:
+            assert tmp.parent == tmp_path and tmp.name.startswith(".plot.png.tmp-")
+            tmp.write_bytes(b"half")
+            raise RuntimeError("writer failed")
+    assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["plot.png"]
+    with atomic_output_file(path) as tmp:  # savefig, a downloader, csv.writer: they take a file name
+        tmp.write_bytes(b"new")
+        assert path.read_bytes() == b"old"  # not visible before the block ends
+    assert path.read_bytes() == b"new" and [p.name for p in tmp_path.iterdir()] == ["plot.png"]

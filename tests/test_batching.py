@@ -35,16 +35,21 @@ def test_rounding_to_ranks_and_microbatches():
 def test_no_warmup_and_step_sequence():
     assert list(itertools.islice(BatchSizeSchedule(32, 128).global_sizes(), 3)) == [32, 32, 32]
     s = BatchSizeSchedule(40, 10, start_batch_size=4, warmup_tokens=10 * 100, world_size=2)
-    steps = list(itertools.islice(s.global_sizes(), 12))
-    rows = 0
-    for size in steps:  # each step's size follows from the capacity tokens of all earlier steps
-        assert size == s.global_batch_size(rows * 10)
-        rows += size
-    assert steps[0] == 4 and steps[-1] == 40
+    # By hand: step k sees t = 10 x (rows of the earlier steps) capacity tokens, batch(t) = 4 + 36 t / 1000 rounded
+    # down to a multiple of 2 ranks: t = 0 -> 4; 40 -> 5.44 -> 4; 80 -> 6.88 -> 6; 140 -> 9.04 -> 8;
+    # 220 -> 11.92 -> 10; 320 -> 15.52 -> 14; 460 -> 20.56 -> 20; 660 -> 27.76 -> 26; 920 -> 37.12 -> 36;
+    # 1280 >= 1000 -> 40 from then on.
+    assert list(itertools.islice(s.global_sizes(), 12)) == [4, 4, 6, 8, 10, 14, 20, 26, 36, 40, 40, 40]
+    # resuming after 46 rows (the first 6 steps) continues the same sequence
+    assert list(itertools.islice(s.global_sizes(rows_seen=46), 4)) == [20, 26, 36, 40]
 
 
 def test_bad_sizes():
     with pytest.raises(ValueError, match="multiple of world_size 4"):
         BatchSizeSchedule(30, 16, world_size=4)
-    with pytest.raises(ValueError, match="start_batch_size"):
+    with pytest.raises(ValueError, match=r"start_batch_size 64 must be in \[1, trainer.global_batch_size = 32\]"):
         BatchSizeSchedule(32, 16, start_batch_size=64, warmup_tokens=100)
+    with pytest.raises(ValueError, match=r"start_batch_size 0 must be in \[1, "):  # a warmup needs a start size
+        BatchSizeSchedule(32, 16, start_batch_size=0, warmup_tokens=100)
+    with pytest.raises(ValueError, match=r"data.batch_warmup.tokens must be >= 0, got -1"):
+        BatchSizeSchedule(32, 16, warmup_tokens=-1)

@@ -251,6 +251,48 @@ def test_cli_errors_for_missing_data_model_or_mismatched_vocabulary(mds, tmp_pat
     assert main([str(small), "--data", str(mds), "--languages", "eng", "--max-seq-len", "16"]) == 2
     assert "outside the model's vocabulary (300)" in capsys.readouterr().err
     assert main([str(small), "--data", str(tmp_path / "nowhere"), "--languages", "eng"]) == 2
-    assert "manifest.json: missing" in capsys.readouterr().err
+    assert "nowhere/manifest.json: no manifest here" in capsys.readouterr().err
     assert main([str(tmp_path / "no_model"), "--data", str(mds), "--languages", "eng"]) == 2
     assert "no_model: no such checkpoint or directory" in capsys.readouterr().err
+
+
+def test_heldout_set_from_a_recipe_data_config(mds, tmp_path):
+    """The set a recipe's `data.eval` describes: its settings, its languages and groups (a group may be a language
+    file next to the recipe), languages without held-out text left out, the masks of `load_heldout`."""
+    from mmbert_train.data.spec import DataConfig, EvalDataConfig, SourceConfig
+    from mmbert_train.evaluation import HeldoutSet
+
+    langs = heldout_languages(mds)
+    (tmp_path / "group.txt").write_text("rus\neng\nzul\n")  # zul has no data at all
+    data = DataConfig(
+        root=str(mds), languages=["eng", "rus", "cmn"], tau=0.5, sources={"web": SourceConfig()},
+        max_seq_len=64, mask_ratio=0.3,
+        eval=EvalDataConfig(
+            languages=None, groups={"two": "group.txt", "none": ["zul"]}, mask_ratio=0.2, seed=5, max_seq_len=16,
+            max_samples_per_language=3,
+        ),
+    )  # fmt: skip
+    data.recipe_dir = str(tmp_path)  # as load_recipe sets it
+    heldout = HeldoutSet.from_data_config(data, vocab_size=VOCAB)
+    assert heldout.reported == ["eng", "rus", "cmn"]  # eval.languages None: the phase's languages
+    assert heldout.groups == {"two": ["rus", "eng"]}  # zul dropped, and with it the empty group
+    assert sorted(heldout.languages) == ["cmn", "eng", "rus"]
+    assert (heldout.mask_ratio, heldout.seed, heldout.max_seq_len, heldout.max_samples_per_language) == (
+        0.2, 5, 16, 3
+    )  # fmt: skip
+    direct = load_heldout(
+        mds, ["cmn", "eng", "rus"], mask_ratio=0.2, seed=5, max_seq_len=16, max_samples_per_language=3,
+        vocab_size=VOCAB,
+    )  # fmt: skip
+    for lang in ("cmn", "eng", "rus"):
+        for a, b in zip(heldout.languages[lang].pieces, direct.languages[lang].pieces, strict=True):
+            assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.labels, b.labels)
+    # explicit languages / groups replace eval's; max_seq_len None falls back to the phase's
+    data.eval.max_seq_len = None
+    other = HeldoutSet.from_data_config(data, vocab_size=VOCAB, languages=langs[:1], groups={"g": langs[:2]})
+    assert (other.reported, other.groups, other.max_seq_len) == (langs[:1], {"g": langs[:2]}, 64)
+    data.eval.groups = {"missing": "nope.txt"}
+    with pytest.raises(
+        EvalError, match=r"language file 'nope.txt' not found .*recipe's folder and the working"
+    ):
+        HeldoutSet.from_data_config(data, vocab_size=VOCAB)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -43,7 +44,16 @@ def recipes():
 def test_language_sets_are_nested_and_groups_disjoint(exp):
     groups = exp.language_groups(RECIPES)
     pre, mid_only, dec_only = groups["pretrain"], groups["midtrain_only"], groups["decay_only"]
-    assert (len(pre), len(mid_only), len(dec_only)) == (56, 36, 355)
+    files = {name: read_language_file(RECIPES / "languages" / f"{name}.txt") for name in ("pretrain", "midtrain",
+                                                                                        "decay_all")}  # fmt: skip
+    # the groups partition decay_all.txt: pretrain.txt, then what midtrain.txt adds, then what decay_all.txt adds
+    assert pre == files["pretrain"]
+    assert set(pre) | set(mid_only) == set(files["midtrain"]) and len(pre) + len(mid_only) == len(
+        files["midtrain"]
+    )
+    assert set(pre) | set(mid_only) | set(dec_only) == set(files["decay_all"])
+    assert len(pre) + len(mid_only) + len(dec_only) == len(files["decay_all"])
+    assert pre and mid_only and dec_only
     assert not set(pre) & set(mid_only) and not set(mid_only) & set(dec_only) and not set(pre) & set(dec_only)
     published = set(read_language_file(REPO / "recipes" / "languages" / "phase1_pretrain.txt"))
     assert set(pre) <= published and "eng" in pre
@@ -117,6 +127,34 @@ def _write_run(exp, run_dir: Path, seed: int, groups, decay_all_gain: float, var
 
 
 GROUPS = {"pretrain": ["eng", "fra"], "midtrain_only": ["por"], "decay_only": ["fao", "gla", "bre"]}
+BASE = {
+    "pretrain": 0.20,
+    "midtrain_only": 0.15,
+    "decay_only": 0.05,
+}  # _write_run's accuracies before any gain
+
+
+def markdown_table(text: str, first_header: str) -> dict[str, list[str]]:
+    """The Markdown table whose header row starts with ``| first_header |``: row label -> its other cells."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_header} |"))
+    rows = {}
+    for line in lines[start + 2 :]:  # after the header and the |---| line
+        if not line.startswith("|"):
+            break
+        label, *cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        rows[label] = cells
+    return rows
+
+
+def numbers(cell: str) -> list[float]:
+    """The numbers of a cell, in order: ``10.0 (9.0–11.0)`` -> [10.0, 9.0, 11.0]."""
+    return [float(x) for x in re.findall(r"[+-]?\d+(?:\.\d+)?", cell)]
+
+
+def spread(values: list[float]) -> list[float]:
+    """mean, min, max: what the report's cells show."""
+    return [sum(values) / len(values), min(values), max(values)]
 
 
 def test_report_tables_spread_and_conclusion_from_the_results(exp, tmp_path):
@@ -131,14 +169,27 @@ def test_report_tables_spread_and_conclusion_from_the_results(exp, tmp_path):
     )
     text = report.read_text()
     assert plot.stat().st_size > 10_000 and plot.read_bytes()[:4] == b"\x89PNG"
-    assert "| Decay-All | 20.0 (20.0–20.0) | 15.0 (15.0–15.0) | 10.0 (9.0–11.0) |" in text
-    assert "| Decay-All − Decay-Cont | +0.0 [+0.0, +0.0] | +0.0 [+0.0, +0.0] | +5.0 [+4.0, +6.0] |" in text
-    assert "lower held-out loss on 100%, 100%; higher accuracy on 100% (ties 0%), 100% (ties 0%)" in text
-    assert "**The decay-only languages are learned in the decay phase.**" in text
-    assert "beats Decay-Cont by +4.00, +6.00 points" in text
-    assert "its held-out loss is lower by 0.40, 0.60 nats" in text
-    assert "The TIES merge keeps 50%, 50% (per seed)" in text
-    assert "![held-out accuracy per group and checkpoint](report.png)" in text
+    gains = {1: 0.04, 2: 0.06}  # Decay-All's accuracy gain on the decay-only languages per seed; merged: half
+    accuracy = markdown_table(text, "checkpoint")  # the first table: accuracy in %
+    columns = list(GROUPS)
+    for label, row in accuracy.items():
+        for group, cell in zip(columns, row, strict=True):
+            per_seed = [BASE[group]] * 2
+            if group == "decay_only" and label in ("Decay-All", "TIES merge"):
+                share = 1.0 if label == "Decay-All" else 0.5
+                per_seed = [BASE[group] + share * gains[s] for s in (1, 2)]
+            assert numbers(cell) == pytest.approx(spread([100 * a for a in per_seed])), (label, group)
+    assert set(accuracy) == {exp.VARIANT_LABELS[v] for v in exp.VARIANTS}
+    diffs = markdown_table(text, "comparison")
+    decay_only = columns.index("decay_only")
+    assert numbers(diffs["Decay-All − Decay-Cont"][decay_only]) == pytest.approx(spread([4.0, 6.0]))
+    assert numbers(diffs["Decay-All − Decay-Cont"][0]) == pytest.approx([0.0, 0.0, 0.0])
+    # the conclusion: the decay-only languages are learned (every seed agrees), with the per-seed numbers
+    assert "learned in the decay phase" in text and "No consistent effect" not in text
+    assert re.search(r"Decay-Cont by \+4\.00, \+6\.00 points", text)
+    assert re.search(r"lower by 0\.40, 0\.60 nats", text)  # loss = 6 - 10 x accuracy in _fake_eval
+    assert re.search(r"merge keeps 50%, 50%", text)  # the merge got half of Decay-All's gain
+    assert "(report.png)" in text  # the plot is linked by its file name, next to the report
     assert "Missing from this run" not in text and "test machine" in text
 
 
@@ -151,11 +202,12 @@ def test_report_says_when_seeds_disagree_and_what_is_missing(exp, tmp_path):
     exp.write_report(results, report, tmp_path / "r.png", groups=GROUPS, runs={}, command="c",
                      missing=["seed 2: TIES merge (not trained / evaluated)"], machine="m")  # fmt: skip
     text = report.read_text()
-    assert "**No consistent effect on the decay-only languages at this scale**" in text
-    assert "is +2.00, -1.00 accuracy points and -0.20, +0.10 nats of loss" in text
-    assert "| TIES merge | 20.0 (1 seed) |" in text
-    assert "## Missing from this run\n\n- seed 2: TIES merge (not trained / evaluated)" in text
-    assert "learned in the decay phase" not in text
+    assert "No consistent effect" in text and "learned in the decay phase" not in text
+    assert re.search(r"\+2\.00, -1\.00 accuracy points and -0\.20, \+0\.10 nats", text)  # per seed, signed
+    merged = markdown_table(text, "checkpoint")["TIES merge"]
+    assert numbers(merged[0]) == pytest.approx([20.0, 1.0]) and "1 seed" in merged[0]  # seed 1's value only
+    missing = text.split("Missing from this run", 1)[1]
+    assert "seed 2: TIES merge (not trained / evaluated)" in missing
 
 
 def test_report_without_any_finished_decay(exp, tmp_path):
@@ -164,4 +216,5 @@ def test_report_without_any_finished_decay(exp, tmp_path):
     exp.write_report(results, tmp_path / "r.md", tmp_path / "r.png", groups=GROUPS, runs={}, command="c",
                      missing=[], machine="m")  # fmt: skip
     text = (tmp_path / "r.md").read_text()
-    assert "no conclusion yet" in text and "| Decay-All | — | — | — |" in text
+    assert "no conclusion yet" in text
+    assert markdown_table(text, "checkpoint")["Decay-All"] == ["—"] * len(GROUPS)  # no result, no number

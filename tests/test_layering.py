@@ -71,6 +71,28 @@ def test_data_library_does_not_import_composer(module):
     assert not bad, f"{module} imports {bad}"
 
 
+# What each library may build on, inside the project: the data library holds no recipe or training code (the
+# planner gets a DataConfig, never a whole recipe), evaluation builds on model and data, and so on up.
+MAY_IMPORT = {
+    "data": ("atomic", "constants", "data"),
+    "model": ("constants", "model", "checkpoints"),
+    "evaluation": ("atomic", "constants", "data", "model", "checkpoints", "evaluation"),
+}
+
+
+@pytest.mark.parametrize("package", sorted(MAY_IMPORT))
+def test_libraries_build_only_on_the_layers_below(package):
+    allowed = tuple(f"mmbert_train.{p}" for p in MAY_IMPORT[package])
+    for module, path in project_modules().items():
+        if not module.startswith(f"mmbert_train.{package}"):
+            continue
+        bad = sorted(
+            i for i in imports_of(path)
+            if i.startswith("mmbert_train") and i != "mmbert_train" and not i.startswith(allowed)
+        )  # fmt: skip
+        assert not bad, f"{module} imports {bad}"
+
+
 def test_no_import_cycles_between_modules():
     modules = project_modules()
     graph = {m: {i for i in imports_of(p) if i in modules and i != m} for m, p in modules.items()}

@@ -115,6 +115,19 @@ def test_recipe_typo_error_message(hf_dirs, tmp_path, capsys):
     assert "densty" in err and "did you mean 'density'" in err
 
 
+def test_flags_that_a_recipe_sets_are_refused_next_to_a_recipe(hf_dirs, tmp_path, capsys):
+    """Every MergeConfig field is a flag; with a recipe each must be a key=value override instead (a flag would
+    otherwise be silently ignored, e.g. --density before its default moved into MergeConfig alone)."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"method: ties\nbase: {hf_dirs[0]}\nmodels: [{hf_dirs[1]}]\nout: {tmp_path / 'o'}\n")
+    with pytest.raises(SystemExit):
+        main([str(recipe), "--density", "0.3", "--trust-pickle"])
+    assert "with a recipe, set --density, --trust-pickle as key=value overrides instead" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--method", "ties", "--base", str(hf_dirs[0])])
+    assert "give a recipe, or at least --models, --out" in capsys.readouterr().err
+
+
 def test_mixed_input_formats_dcp_and_bf16(tmp_path):
     """A sharded (DCP) checkpoint, a bf16 safetensors directory and a float32 one merge together."""
     states = [random_state(CONFIG, seed) for seed in range(3)]

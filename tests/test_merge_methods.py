@@ -16,7 +16,7 @@ from mmbert_train.merge.methods import (
 
 
 def literal_ties(base, models, density, weights, scale):
-    """TIES written the way issue 6 states it, over whole tensors, with a sort instead of a radix selection."""
+    """TIES written step by step as docs/merging.md states it (Yadav et al., 2023), over whole tensors, with a sort instead of a radix selection."""
     out = {}
     for key, b in base.items():
         b32 = b.float().reshape(-1)

@@ -109,7 +109,7 @@ def test_presets_match_the_published_architectures():
     )
     assert (base.global_attn_every_n_layers, base.local_attention, base.window_half) == (3, 128, 64)
     assert [i for i in range(22) if base.is_global_layer(i)] == [0, 3, 6, 9, 12, 15, 18, 21]
-    # Parameter counts from the model card / checkpoint-layouts.md: 307,786,240 unique parameters for base.
+    # Parameter count of the published jhu-clsp/mmBERT-base checkpoint (model card): 307,786,240 unique parameters for base.
     assert base.num_parameters() == 307_786_240
     assert abs(small.num_parameters() - 140e6) < 1e6
     assert abs(base.num_parameters(include_embeddings=False) - 110e6) < 2e6  # "110M"

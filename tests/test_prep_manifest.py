@@ -84,8 +84,10 @@ def test_schema_errors_name_the_key(tmp_path, path, value, message):
 
 
 def test_missing_or_broken_file(tmp_path):
-    with pytest.raises(ManifestError, match="no manifest here; run `mmbert prep tokenize`"):
+    with pytest.raises(ManifestError, match="manifest.json: no manifest here; run `mmbert prep tokenize`"):
         load_manifest(tmp_path)
+    with pytest.raises(ManifestError, match="nowhere/manifest.json: no manifest here"):
+        load_manifest(tmp_path / "nowhere")  # a folder that does not exist
     (tmp_path / "manifest.json").write_text("{not json")
     with pytest.raises(ManifestError, match="not valid JSON"):
         load_manifest(tmp_path)

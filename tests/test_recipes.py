@@ -243,6 +243,9 @@ def test_missing_language_data_fails_with_the_language_named():
 # ------------------------------------------------------------------------------ resolved recipes are unchanged
 
 SNAPSHOTS = ROOT / "tests" / "data" / "resolved_recipes"
+# rows per rank the memory planner chose for an 80 GB H100 (docs/recipes.md, "Microbatches")
+PLANNED_MICROBATCH = {("mmbert-base", 1024): 72, ("mmbert-base", 8192): 9, ("mmbert-small", 1024): 96,
+                      ("mmbert-small", 8192): 12}  # fmt: skip
 
 
 def snapshot_path(recipe: Path) -> Path:
@@ -256,7 +259,9 @@ def snapshot_in_current_form(recipe: Path) -> str:
     * ``data.sources`` was a list of ``{name, kind, share, languages}``; it is now a mapping keyed by the name
       (same sources, same order, same values);
     * ``trainer.run_name: null`` (recipes that set no run name: smoke, experiment) now shows the name the trainer
-      already used for such a run, the recipe's ``name``.
+      already used for such a run, the recipe's ``name``;
+    * ``trainer.gpu_memory`` (new key, default ``80GB``) follows ``trainer.compile``, and the real recipes'
+      ``trainer.device_microbatch_size`` is the memory planner's choice (`PLANNED_MICROBATCH`).
 
     Keys added to the schema since then appear with their defaults (``trainer.allow_nonfinite_loss: false``).
     """
@@ -275,6 +280,15 @@ def snapshot_in_current_form(recipe: Path) -> str:
     old["data"] = data
     if old["trainer"]["run_name"] is None:
         old["trainer"]["run_name"] = old["name"]
+    trainer = old["trainer"]
+    old["trainer"] = {}
+    for key, value in trainer.items():
+        old["trainer"][key] = value
+        if key == "compile":
+            old["trainer"]["gpu_memory"] = "80GB"
+    if recipe.parent == RECIPES:
+        planned = PLANNED_MICROBATCH[(old["model"]["preset"], old["data"]["max_seq_len"])]
+        old["trainer"]["device_microbatch_size"] = planned
     old["trainer"].setdefault("allow_nonfinite_loss", False)
     return OmegaConf.to_yaml(OmegaConf.create(old), sort_keys=False)
 

@@ -232,18 +232,30 @@ def test_script_variants_of_one_language_share_its_share(tmp_path):
     assert [e.folder for e in plan.entries] == ["srp_Cyrl", "srp_Latn", "deu"]
 
 
-def test_language_file_is_found_next_to_the_recipe_and_in_recipes(tmp_path):
-    (tmp_path / "langs.txt").write_text("# my set\nrus_Cyrl\n\ndeu  # German\nfra\n")
-    cfg = data_cfg("unused", "langs.txt", [SourceConfig("fineweb2")])
-    plan = build_phase_plan(cfg, manifest_of(MIXED), recipe_dir=tmp_path, check_files=False)
-    assert plan.languages == ["rus", "deu", "fra"]
-    # the repository's recipes/ folder is a fallback, so inherited recipes anywhere can name the published sets
-    assert read_language_file(LANGUAGES_DIR / "phase1_pretrain.txt")[:3] == ["afr", "arb", "azj"]
-    from mmbert_train.data.languages import find_language_file
+def test_language_file_is_found_next_to_the_recipe_then_in_the_working_directory(tmp_path, monkeypatch):
+    from mmbert_train.data.languages import LanguageSetError, find_language_file
 
+    (tmp_path / "recipe").mkdir()
+    (tmp_path / "recipe" / "langs.txt").write_text("# my set\nrus_Cyrl\n\ndeu  # German\nfra\n")
+    cfg = data_cfg("unused", "langs.txt", [SourceConfig("fineweb2")])
+    plan = build_phase_plan(cfg, manifest_of(MIXED), recipe_dir=tmp_path / "recipe", check_files=False)
+    assert plan.languages == ["rus", "deu", "fra"]
+    cfg.recipe_dir = str(tmp_path / "recipe")  # as load_recipe records it: the default recipe_dir
+    assert build_phase_plan(cfg, manifest_of(MIXED), check_files=False).languages == ["rus", "deu", "fra"]
+    # the working directory next: the shipped recipes name theirs from the repository root
+    (tmp_path / "sets").mkdir()
+    (tmp_path / "sets" / "langs.txt").write_text("eng\n")
+    monkeypatch.chdir(tmp_path)
+    assert find_language_file("sets/langs.txt", tmp_path / "recipe") == tmp_path / "sets" / "langs.txt"
     assert (
-        find_language_file("languages/phase1_pretrain.txt", tmp_path) == LANGUAGES_DIR / "phase1_pretrain.txt"
-    )
+        find_language_file("langs.txt", tmp_path / "recipe") == tmp_path / "recipe" / "langs.txt"
+    )  # recipe first
+    with pytest.raises(
+        LanguageSetError,
+        match=r"'nope.txt' not found \(tried .*recipe/nope.txt, .*/nope.txt\); a "
+        r"relative path is resolved against the recipe's folder and the working directory",
+    ):
+        find_language_file("nope.txt", tmp_path / "recipe")
 
 
 def test_published_language_sets():
@@ -397,7 +409,7 @@ def test_synthetic_manifest_with_all_published_ids(tmp_path):
         SourceConfig("dclm", kind="fixed", share=0.101, languages=["eng"]),
         SourceConfig("starcoder", kind="fixed", share=0.03, languages=["code"]),
     ]
-    cfg = data_cfg(tmp_path, "languages/phase3_decay_all.txt", sources, tau=0.3)
+    cfg = data_cfg(tmp_path, str(LANGUAGES_DIR / "phase3_decay_all.txt"), sources, tau=0.3)
     plan = build_phase_plan(cfg, manifest, check_files=False)
     assert len(plan.languages) == 1834 and len(plan.language_shares) == 1832
     assert len(plan.entries) == 1834
@@ -411,7 +423,7 @@ def test_synthetic_manifest_with_all_published_ids(tmp_path):
         assert share == pytest.approx(0.869 * expected[lang], rel=1e-9)
 
     # the pre-training set over the same data: 1773 languages with data are left out and reported
-    cfg = data_cfg(tmp_path, "languages/phase1_pretrain.txt", sources, tau=0.7)
+    cfg = data_cfg(tmp_path, str(LANGUAGES_DIR / "phase1_pretrain.txt"), sources, tau=0.7)
     plan = build_phase_plan(cfg, manifest, check_files=False)
     assert len(plan.language_shares) == 59
     assert len(plan.ignored_languages) == 1834 - 61
@@ -419,7 +431,7 @@ def test_synthetic_manifest_with_all_published_ids(tmp_path):
 
     # and a set naming an id without data says which
     del manifest["sources"]["fineweb2"]["srp_Cyrl"]
-    cfg = data_cfg(tmp_path, "languages/phase3_decay_all.txt", sources, tau=0.3)
+    cfg = data_cfg(tmp_path, str(LANGUAGES_DIR / "phase3_decay_all.txt"), sources, tau=0.3)
     with pytest.raises(DataValidationError, match=r"no data for language 'srp'"):
         build_phase_plan(cfg, manifest, check_files=False)
 

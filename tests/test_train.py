@@ -14,7 +14,7 @@ from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
 from mmbert_train.config import load_recipe
 from mmbert_train.model import ModelConfig, load_pretrained
-from mmbert_train.train.composer_model import MMBertComposerModel, batch_token_counts, forward_flops
+from mmbert_train.train.composer_model import MMBertComposerModel, batch_token_counts
 from mmbert_train.train.testing import fixed_data_spec, packed_batches
 from mmbert_train.train.trainer import TrainSetupError, build_trainer, parallelism_config, resolve_precision
 
@@ -107,22 +107,39 @@ def test_loss_is_weighted_by_masked_tokens_across_microbatches(tmp_path):
         torch.testing.assert_close(grads[0][key], grads[1][key], rtol=1e-4, atol=1e-7, msg=key)
 
 
-def test_flops_per_batch_formula():
-    config = ModelConfig.preset("tiny")  # h 64, i 96, 4 layers (global 0 and 3), window 16, vocab 512
-    doc_lens = torch.tensor([[10, 30], [40, 0]], dtype=torch.int32)
-    h, i, v = 64, 96, 512
-    tokens = 80
-    dense = 2 * (4 * h * h + 3 * h * i) * 4 * tokens
-    global_keys = 10 * 10 + 30 * 30 + 40 * 40
-    local_keys = 10 * 10 + 30 * 17 + 40 * 17
-    attention = 4 * h * (2 * global_keys + 2 * local_keys)
-    head = 2 * (h * h + h * v) * 7
-    assert forward_flops(config, doc_lens, 7) == dense + attention + head
-    model = MMBertComposerModel(__import__("mmbert_train.model", fromlist=["x"]).MMBertForMaskedLM(config))
-    labels = torch.full((2, 40), -100)
-    labels[0, :7] = 5
-    batch = {"doc_lens": doc_lens, "labels": labels, "attention_mask": torch.ones(2, 40)}
-    assert model.flops_per_batch(batch) == 3 * (dense + attention + head)
+@pytest.mark.parametrize("doc_len", [12, 40])
+def test_flops_per_batch_matches_a_flop_counter_on_a_real_step(doc_len):
+    """The MFU formula (`flops_per_batch`) against torch.utils.flop_counter on a real forward + backward.
+
+    The counter sees every matmul the eager attention backend runs. Two facts make the comparison exact:
+    the counter counts no elementwise work (norms, GELU, softmax, RoPE: the formula leaves them out too), and
+    eager attention computes each document's full ``L x L`` score matrix even in local layers, where the
+    formula counts only the ``local_attention + 1 = 17`` keys a query may see (what flash-attn's sliding window
+    computes). So with documents no longer than the window the two agree exactly; with longer ones the counter
+    is higher by exactly the masked-out part: 3 (forward + backward) x 4 h (QK^T and AV) x local layers x
+    sum over documents of L (L - 17).
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from mmbert_train.model import MMBertForMaskedLM
+
+    torch.manual_seed(0)
+    config = ModelConfig.preset("tiny", attn_backend="eager")  # h 64, 4 layers: global 0 and 3, window 16
+    assert [config.is_global_layer(i) for i in range(4)] == [True, False, False, True]
+    n_docs = 4
+    doc_lens = torch.full((2, 2), doc_len, dtype=torch.int32)  # equal lengths: eager pads nothing
+    input_ids = torch.randint(5, config.vocab_size, (2, 2 * doc_len))
+    labels = torch.full((2, 2 * doc_len), -100)
+    labels[:, ::5] = input_ids[:, ::5]  # the sparse head runs on these tokens only
+    batch = {"input_ids": input_ids, "doc_lens": doc_lens, "labels": labels,
+             "attention_mask": torch.ones(2, 2 * doc_len, dtype=torch.long)}  # fmt: skip
+    model = MMBertComposerModel(MMBertForMaskedLM(config))
+    with FlopCounterMode(display=False) as counter:
+        model.loss(model(batch), batch).backward()
+    counted = counter.get_total_flops()
+    masked_out = 3 * 4 * 64 * 2 * n_docs * doc_len * max(0, doc_len - 17)
+    assert model.flops_per_batch(batch) == pytest.approx(counted - masked_out, rel=1e-12)
+    assert (masked_out > 0) == (doc_len > 17)
 
 
 def test_parallelism_and_precision_choices(tmp_path, monkeypatch):

@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from mmbert_train.checkpoints import CheckpointError
     from mmbert_train.data.languages import LanguageSetError
+    from mmbert_train.data.manifest import ManifestError
     from mmbert_train.model import load_pretrained
 
     try:
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         report = evaluate_model(
             model, heldout, groups, batch_tokens=args.batch_tokens, progress=not args.no_progress
         )
-    except (EvalError, CheckpointError, LanguageSetError, FileNotFoundError) as exc:
+    except (EvalError, CheckpointError, LanguageSetError, ManifestError, FileNotFoundError) as exc:
         print(f"mmbert eval-mlm: error: {exc}", file=sys.stderr)
         return 2
     report.settings = {"model": str(args.model), **report.settings, "seconds": time.perf_counter() - start}

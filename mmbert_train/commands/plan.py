@@ -4,8 +4,9 @@
     mmbert plan recipes/base_pretrain.yaml recipes/base_midtrain.yaml     # one plot series per phase
     mmbert plan --counts recipes/languages/language_counts.csv --column pretrain \\
         --counts-are sampled --sampled-tau 0.7 --tau 0.7 0.5 0.3          # what tau does to the paper's data
+    mmbert plan --memory recipes/base_pretrain.yaml [--gpu-memory 80GB] [--world-size 8]   # memory per GPU
 
-The tables and their meaning: :mod:`mmbert_train.data.planner`.
+The tables and their meaning: :mod:`mmbert_train.data.planner`; the memory estimate: :mod:`mmbert_train.memory`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from mmbert_train.atomic import atomic_output_file
 from mmbert_train.config import Recipe, load_recipe, parse_time
 from mmbert_train.data.languages import LanguageSetError, read_counts_csv, read_language_file
 from mmbert_train.data.planner import (
@@ -43,8 +45,7 @@ def _num(x: float | None) -> str:
 
 def write_csv(tables: Sequence[PhaseTable], path: str | os.PathLike) -> Path:
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
+    with atomic_output_file(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(CSV_COLUMNS)
         for t in tables:
@@ -61,7 +62,6 @@ def write_csv(tables: Sequence[PhaseTable], path: str | os.PathLike) -> Path:
                         _num(r.epochs),
                     ]
                 )
-    os.replace(tmp, path)
     return path
 
 
@@ -91,10 +91,9 @@ def write_plot(tables: Sequence[PhaseTable], path: str | os.PathLike, title: str
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fig.savefig(tmp, dpi=110, format="png")
+    with atomic_output_file(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 
@@ -158,7 +157,47 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=0, help="print only the first N rows per phase (CSV has all)")
     p.add_argument("--out", metavar="STEM", help="write STEM.csv and STEM.png (default: plan_<name>)")
     p.add_argument("--title", help="plot title")
+    memory = p.add_argument_group("memory (--memory: peak memory per GPU instead of the sampling plan)")
+    memory.add_argument("--memory", action="store_true", help="estimate each recipe's peak memory per rank")
+    memory.add_argument(
+        "--gpu-memory", help="memory of one GPU, e.g. 80GB or 80GiB (default: trainer.gpu_memory)"
+    )
+    memory.add_argument("--world-size", type=int, default=8, help="GPUs (default 8, as the paper)")
+    memory.add_argument("--headroom", type=float, default=None, help="share of the memory kept free (0.1)")
+    memory.add_argument("--head", choices=("chunked", "plain"), help="MLM loss (default: the model's own)")
+    memory.add_argument("--backend", choices=("flash", "flex", "sdpa", "eager"), help="attention (flash)")
     return p
+
+
+def memory_main(args: argparse.Namespace) -> int:
+    """``--memory``: the planner's estimate of every recipe at its microbatch, and the largest that fits."""
+    from mmbert_train.memory import DEFAULT_HEADROOM, plan_recipe
+
+    recipes = [r for r in args.recipes if "=" not in r]
+    overrides = [r for r in args.recipes if "=" in r]
+    if not recipes:
+        raise DataValidationError("--memory: give a recipe (mmbert plan --memory recipes/base_pretrain.yaml)")
+    if args.world_size < 1:
+        raise DataValidationError(f"--world-size must be >= 1, got {args.world_size}")
+    headroom = DEFAULT_HEADROOM if args.headroom is None else args.headroom
+    for path in recipes:
+        recipe = load_recipe(path, overrides)
+        plan = plan_recipe(
+            recipe,
+            memory=args.gpu_memory,
+            world_size=args.world_size,
+            headroom=headroom,
+            head=args.head,
+            backend=args.backend,
+        )
+        print(f"{path}: " + plan.format())
+        if not plan.fits:
+            print(
+                f"warning: {path}: trainer.device_microbatch_size {plan.microbatch} does not fit; the largest "
+                f"microbatch that fits is {plan.max_microbatch}",
+                file=sys.stderr,
+            )
+    return 0
 
 
 def _counts_jobs(
@@ -215,7 +254,7 @@ def build_tables(args: argparse.Namespace) -> list[PhaseTable]:
     for recipe in recipes:
         path = Path(recipe)
         recipe_obj = load_recipe(path, overrides)
-        plan = build_phase_plan(recipe_obj.data, recipe_dir=path.parent, check_files=not args.no_check_files)
+        plan = build_phase_plan(recipe_obj.data, check_files=not args.no_check_files)
         if args.phase_tokens is not None:
             tokens, how = args.phase_tokens, "--phase-tokens"
         else:
@@ -229,6 +268,8 @@ def build_tables(args: argparse.Namespace) -> list[PhaseTable]:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.memory:
+            return memory_main(args)
         tables = build_tables(args)
     except (ConfigError, DataValidationError, LanguageSetError, ValueError) as err:
         print(f"mmbert plan: error: {err}", file=sys.stderr)

@@ -21,13 +21,25 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 
+def check_batch_warmup(start_batch_size: int, warmup_tokens: int, full_batch_size: int) -> None:
+    """The one rule of a batch-size warmup (the recipe check and :class:`BatchSizeSchedule` both call it):
+    ``warmup_tokens >= 0``; ``warmup_tokens = 0`` is no warmup; otherwise the start size is in [1, full]."""
+    if warmup_tokens < 0:
+        raise ValueError(f"data.batch_warmup.tokens must be >= 0, got {warmup_tokens}")
+    if warmup_tokens > 0 and not 0 < start_batch_size <= full_batch_size:
+        raise ValueError(
+            f"data.batch_warmup.start_batch_size {start_batch_size} must be in "
+            f"[1, trainer.global_batch_size = {full_batch_size}]"
+        )
+
+
 @dataclass(frozen=True)
 class BatchSizeSchedule:
     """Global and per-rank batch sizes (rows) for each step; see the module docstring for the formula."""
 
     full_batch_size: int
     max_seq_len: int
-    start_batch_size: int = 0  # 0 or warmup_tokens = 0: no warmup
+    start_batch_size: int = 0  # used when warmup_tokens > 0
     warmup_tokens: int = 0
     world_size: int = 1
     device_microbatch_size: int | None = None
@@ -39,13 +51,7 @@ class BatchSizeSchedule:
                 f"global batch size {self.full_batch_size} must be a positive multiple of world_size "
                 f"{self.world_size} x device_microbatch_size {self.device_microbatch_size or 1} = {unit}"
             )
-        if self.warmup and not 0 < self.start_batch_size <= self.full_batch_size:
-            raise ValueError(
-                f"batch warmup start_batch_size must be in (0, {self.full_batch_size}], "
-                f"got {self.start_batch_size}"
-            )
-        if self.warmup_tokens < 0:
-            raise ValueError(f"batch warmup tokens must be >= 0, got {self.warmup_tokens}")
+        check_batch_warmup(self.start_batch_size, self.warmup_tokens, self.full_batch_size)
 
     @property
     def unit(self) -> int:
@@ -53,7 +59,7 @@ class BatchSizeSchedule:
 
     @property
     def warmup(self) -> bool:
-        return self.warmup_tokens > 0 and self.start_batch_size > 0
+        return self.warmup_tokens > 0
 
     def global_batch_size(self, tokens_seen: int) -> int:
         """``batch(t)`` rounded down to a multiple of :attr:`unit` (at least one unit)."""

@@ -6,7 +6,8 @@ such a folder keeps its full name on disk and in the manifest, and counts toward
 phase samples by language: :func:`normalize_language`.
 
 A phase's language set is either an inline list of ids or a file with one id per line (blank lines and ``#``
-comments ignored), e.g. ``recipes/languages/phase1_pretrain.txt``: :func:`resolve_language_set`.
+comments ignored), e.g. ``recipes/languages/phase1_pretrain.txt``: :func:`resolve_language_set`. A relative file
+name is looked up in the recipe's folder, then in the working directory: :func:`find_language_file`.
 """
 
 from __future__ import annotations
@@ -20,9 +21,6 @@ from pathlib import Path
 # Three lowercase letters (ISO 639-3 form; retired and collective codes pass: we check the form, not membership)
 # or `code`, then an optional ISO 15924 script suffix as FineWeb2 writes it (`_Cyrl`, `_Latn`).
 LANGUAGE_ID = re.compile(r"^(?:[a-z]{3}|code)(?:_[A-Z][a-z]{3})?$")
-
-# the repository's recipes/ folder: language files named relative to it are found from any recipe
-RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
 
 
 class LanguageSetError(ValueError):
@@ -107,21 +105,26 @@ def read_language_file(path: str | os.PathLike) -> list[str]:
 def find_language_file(name: str | os.PathLike, recipe_dir: str | os.PathLike | None = None) -> Path:
     """Locate a language file named in a recipe.
 
-    A relative name is tried against, in order: the recipe's folder, the working directory, the repository root
-    and its ``recipes/`` folder (so ``recipes/languages/phase1_pretrain.txt`` works from any working directory).
+    A relative name is tried against, in order: the folder of the recipe file (``recipe_dir``, when known) and the
+    working directory. The shipped recipes name theirs from the repository root
+    (``recipes/languages/phase1_pretrain.txt``), so they are run from there; a recipe of your own can name a file
+    next to it (``languages.txt``).
     """
     path = Path(name)
     if path.is_absolute():
         candidates = [path]
     else:
         bases = [Path(recipe_dir)] if recipe_dir is not None else []
-        bases += [Path.cwd(), RECIPES_DIR.parent, RECIPES_DIR]
-        candidates = [base / path for base in bases]
+        bases.append(Path.cwd())
+        candidates = list(dict.fromkeys(base / path for base in bases))
     for candidate in candidates:
         if candidate.is_file():
             return candidate
     tried = ", ".join(str(c) for c in candidates)
-    raise LanguageSetError(f"language file {str(name)!r} not found (tried {tried})")
+    raise LanguageSetError(
+        f"language file {str(name)!r} not found (tried {tried}); a relative path is resolved against the "
+        "recipe's folder and the working directory (run the shipped recipes from the repository root)"
+    )
 
 
 def resolve_language_set(

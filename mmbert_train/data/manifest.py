@@ -24,13 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from mmbert_train.data.languages import LanguageNameError, check_language
+from mmbert_train.data.spec import DataValidationError
 
 MANIFEST_NAME = "manifest.json"
 COUNT_KEYS = ("documents", "samples", "tokens", "skipped", "heldout_documents")
 
 
-class ManifestError(ValueError):
-    """A manifest that does not follow the schema; the message names the file and the key."""
+class ManifestError(DataValidationError):
+    """A manifest that is missing or does not follow the schema; the message names the file and the key."""
 
 
 def empty_counts() -> dict[str, int]:
@@ -115,9 +116,10 @@ def check_manifest(manifest: Any, where: str = "manifest") -> dict:
 
 
 def load_manifest(path: str | os.PathLike) -> dict:
-    """Read and check a manifest; ``path`` is the ``manifest.json`` file or the MDS folder that holds it."""
+    """Read and check a manifest; ``path`` is the ``manifest.json`` file or the MDS folder that holds it (a path
+    that is not a ``.json`` file counts as the folder)."""
     path = Path(path)
-    if path.is_dir():
+    if path.is_dir() or path.suffix != ".json":
         path = path / MANIFEST_NAME
     try:
         with open(path, encoding="utf-8") as f:

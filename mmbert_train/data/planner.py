@@ -19,7 +19,7 @@ With a counts CSV (one column per phase, one row per language id), ``--counts-ar
 
 * ``available``: tokens each language HAS (n_i). Shares follow the formula directly.
 * ``sampled``: tokens each language GOT in a phase that sampled at ``--sampled-tau`` (the published
-  ``language_counts.csv``; RECIPE.md, "Temperature sampling"). The phase gave language i
+  ``language_counts.csv``, the authors' released per-language counts). The phase gave language i
   s_i = M * T * p_i with p_i = (n_i/N)^tau_s / sum_j (n_j/N)^tau_s, so s_i ∝ n_i^tau_s and, inverting,
   n_i = c * s_i^(1/tau_s). The shares at any new tau do not depend on c (it cancels in the normalisation);
   the epochs do, and c is not published (nor are the per-language caps). We choose c so that the inverted
@@ -36,8 +36,8 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from mmbert_train.data.sampling import SERVED_BY_FIXED, PhasePlan, temperature_proportions
-from mmbert_train.data.spec import DataValidationError, check_tau
+from mmbert_train.data.sampling import SERVED_BY_FIXED, PhasePlan, power_shares, temperature_proportions
+from mmbert_train.data.spec import DataValidationError, check_fixed_share, check_fixed_total, check_tau
 
 MAX_EPOCHS = 5.0  # the paper's guideline: no language repeated more than about 5 epochs
 CSV_COLUMNS = ("phase", "item", "kind", "tau", "tokens_available", "share", "tokens_in_phase", "epochs")
@@ -117,11 +117,8 @@ def invert_sampled_counts(
     total = float(sum(positive.values())) if available_total is None else float(available_total)
     if total <= 0:
         raise DataValidationError(f"--available-total must be positive, got {available_total}")
-    logs = {k: math.log(v) / sampled_tau for k, v in positive.items()}
-    top = max(logs.values())
-    weights = {k: math.exp(v - top) for k, v in logs.items()}
-    norm = math.fsum(weights.values())
-    return {k: total * weights[k] / norm if k in weights else 0.0 for k in sampled}
+    shares = power_shares(sampled, 1.0 / sampled_tau)
+    return {k: total * share for k, share in shares.items()}
 
 
 def parse_fixed(items: Sequence[str]) -> dict[str, float | None]:
@@ -180,14 +177,8 @@ def table_from_counts(
             if not counts.get(ident):
                 raise DataValidationError(f"--fixed {ident}: no tokens for {ident!r} in {where}")
             share = counts[ident] / column_total
-        if not 0.0 < share < 1.0:
-            raise DataValidationError(f"--fixed {ident}: the share must be in (0, 1), got {share}")
-        fixed_shares[ident] = share
-    fixed_total = math.fsum(fixed_shares.values())
-    if fixed_total >= 1.0:
-        raise DataValidationError(
-            f"the fixed shares add up to {fixed_total:g} ({', '.join(fixed_shares)}); need < 1"
-        )
+        fixed_shares[ident] = check_fixed_share(share, f"--fixed {ident}")
+    fixed_total = check_fixed_total(fixed_shares, "--fixed")
 
     tau_languages = [x for x in language_set if x not in fixed_shares]
     missing = [x for x in tau_languages if not counts.get(x)]

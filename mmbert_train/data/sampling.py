@@ -55,14 +55,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from mmbert_train.atomic import atomic_output_file
 from mmbert_train.data.languages import LanguageSetError, normalize_language, resolve_language_set
-from mmbert_train.data.spec import DataConfig, DataValidationError, check_tau
+from mmbert_train.data.manifest import MANIFEST_NAME, load_manifest
+from mmbert_train.data.spec import DataConfig, DataValidationError, check_fixed_total, check_tau
 
 if TYPE_CHECKING:
     from streaming import Stream
-
-MANIFEST_NAME = "manifest.json"
-
 
 # ------------------------------------------------------------------------------------------- the formula
 
@@ -80,14 +79,21 @@ def temperature_proportions(token_counts: Mapping[str, int], tau: float) -> dict
     for name, n in token_counts.items():
         if isinstance(n, bool) or not isinstance(n, (int, float)) or n < 0 or math.isnan(n):
             raise DataValidationError(f"token count of {name!r} must be a non-negative number, got {n!r}")
-    total = float(sum(token_counts.values()))
-    if total <= 0:
+    if not any(n > 0 for n in token_counts.values()):
         raise DataValidationError("temperature_proportions: every token count is zero")
-    logs = {k: tau * math.log(n / total) for k, n in token_counts.items() if n > 0}
+    return power_shares(token_counts, tau)  # (n_i / N)^tau is proportional to n_i^tau
+
+
+def power_shares(counts: Mapping[str, float], exponent: float) -> dict[str, float]:
+    """``x_i^e / sum_j x_j^e`` over the positive ``counts`` (zero stays zero), computed in log space (max
+    subtracted before exponentiating) so that values spanning many orders of magnitude keep full double
+    precision. The sampling formula (``e = tau``) and the planner's inversion of sampled counts (``e = 1/tau``)
+    both use it."""
+    logs = {k: exponent * math.log(x) for k, x in counts.items() if x > 0}
     top = max(logs.values())
     weights = {k: math.exp(v - top) for k, v in logs.items()}
     norm = math.fsum(weights.values())
-    return {k: weights[k] / norm if k in weights else 0.0 for k in token_counts}
+    return {k: weights[k] / norm if k in weights else 0.0 for k in counts}
 
 
 def token_to_sample_proportions(
@@ -109,34 +115,21 @@ def token_to_sample_proportions(
 # ------------------------------------------------------------------------------------------- manifest
 
 
-def load_manifest(path: str | os.PathLike) -> dict:
-    """Read ``manifest.json`` (``path`` is the file or the MDS root holding it), checked by data_prep's reader
-    (Contract 2); its errors come back as :class:`DataValidationError`."""
-    from mmbert_train.data.manifest import load_manifest as read_checked
-
-    try:
-        return read_checked(path)
-    except ValueError as err:
-        raise DataValidationError(str(err)) from None
-
-
 def fetch_manifest(remote: str, local_root: str | os.PathLike, timeout: float = 60.0) -> Path:
     """Copy ``<remote>/manifest.json`` into ``<local_root>/`` unless it is there (any Streaming remote: s3://,
-    gs://, a path, ...). Written to a unique temporary name, then renamed: ranks fetching at once do not collide."""
+    gs://, a path, ...). Downloaded to a temporary name unique to the process, then renamed
+    (:func:`mmbert_train.atomic.atomic_output_file`): ranks fetching at once do not collide."""
     local = Path(local_root) / MANIFEST_NAME
     if local.is_file():
         return local
     from streaming.base.storage import CloudDownloader
 
-    local.parent.mkdir(parents=True, exist_ok=True)
-    tmp = local.with_name(f".{MANIFEST_NAME}.{os.getpid()}.part")
     source = posixpath.join(remote, MANIFEST_NAME)
     try:
-        CloudDownloader.direct_download(source, str(tmp), timeout)
+        with atomic_output_file(local) as tmp:
+            CloudDownloader.direct_download(source, str(tmp), timeout)
     except Exception as err:  # each cloud client raises its own error types
-        tmp.unlink(missing_ok=True)
         raise DataValidationError(f"data.remote: cannot fetch {source}: {err}") from None
-    os.replace(tmp, local)
     return local
 
 
@@ -404,7 +397,8 @@ def _plan_own_sources(
 
     ``manifest``: a manifest dict, a path to it, or None to read ``<data_cfg.root>/manifest.json`` (fetched from
     ``<data_cfg.remote>/manifest.json`` first when the recipe has a remote and the local copy is missing).
-    ``recipe_dir``: where to look first for a language file named by a relative path.
+    ``recipe_dir``: where to look first for a language file named by a relative path (default: the folder of the
+    recipe ``data_cfg`` was read from, :attr:`DataConfig.recipe_dir`; then the working directory).
     ``check_files``: also check that every folder read holds an MDS ``index.json`` (skipped when the recipe has a
     ``remote``: the local root is then only a cache).
     """
@@ -417,7 +411,7 @@ def _plan_own_sources(
         if data_cfg.remote:
             fetch_manifest(data_cfg.remote, data_cfg.root)
     if not isinstance(manifest, Mapping):
-        manifest = load_manifest(manifest)
+        manifest = load_manifest(manifest)  # ManifestError is a DataValidationError
     available: Mapping[str, Mapping] = manifest.get("sources", {})
     needs_languages = has_multi or any(s.languages is None for s in sources)
     if data_cfg.languages is None and needs_languages:
@@ -427,7 +421,11 @@ def _plan_own_sources(
         )
     try:
         languages = (
-            resolve_language_set(data_cfg.languages, recipe_dir=recipe_dir, where="data.languages")
+            resolve_language_set(
+                data_cfg.languages,
+                recipe_dir=recipe_dir if recipe_dir is not None else data_cfg.recipe_dir,
+                where="data.languages",
+            )
             if data_cfg.languages is not None
             else []
         )
@@ -445,16 +443,9 @@ def _plan_own_sources(
     fixed = [s for s in sources if s.kind == "fixed"]
     multi = [s for s in sources if s.kind != "fixed"]
     fixed_shares = {s.name: float(s.share) for s in fixed}
+    # published sources take `reserved` off the top: the fixed shares and it must leave some for the rest
+    check_fixed_total({**fixed_shares, **({"published": reserved} if reserved else {})}, "data.sources")
     fixed_total = math.fsum(fixed_shares.values())
-    if fixed_total + reserved >= 1.0:
-        parts = " + ".join(f"{n} {s:g}" for n, s in fixed_shares.items())
-        if reserved:
-            parts += f" + published {reserved:g}"
-            fixed_total += reserved
-        raise DataValidationError(
-            f"data.sources: the fixed shares add up to {fixed_total:g} ({parts}); they must leave a share (< 1) "
-            "for the multilingual sources"
-        )
     if not multi and not rest_taken:
         raise DataValidationError(
             f"data.sources: no multilingual source to take the remaining share {1 - fixed_total:g} "

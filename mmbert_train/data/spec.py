@@ -36,6 +36,26 @@ def check_tau(tau: float, where: str = "tau") -> float:
     return float(tau)
 
 
+def check_fixed_share(share: float | None, who: str) -> float:
+    """A fixed share of the phase's tokens must be in (0, 1) (the one check: recipe sources, the planner's
+    ``--fixed``)."""
+    if share is None or isinstance(share, bool) or not 0.0 < share < 1.0:
+        raise DataValidationError(f"{who} needs a share in (0, 1), got {share}")
+    return float(share)
+
+
+def check_fixed_total(shares: Mapping[str, float], where: str) -> float:
+    """The fixed shares together must leave a share (> 0) for the multilingual split; returns their sum."""
+    total = math.fsum(shares.values())
+    if total >= 1.0:
+        parts = " + ".join(f"{name} {share:g}" for name, share in shares.items())
+        raise DataValidationError(
+            f"{where}: the fixed shares add up to {total:g} ({parts}); they must leave a share (< 1) for the "
+            "multilingual sources"
+        )
+    return total
+
+
 def _named_sources(sources: Mapping[str, SourceConfig | None]) -> dict[str, SourceConfig]:
     """``data.sources`` without the removed (null) entries, each source's ``name`` set from its key."""
     if not isinstance(sources, Mapping):
@@ -94,8 +114,8 @@ class SourceConfig:
             return
         if self.path is not None or self.include is not None or self.exclude:
             raise ValueError(f"{who}path / include / exclude are for kind: published")
-        if self.kind == "fixed" and (self.share is None or not 0.0 < self.share < 1.0):
-            raise ValueError(f"{who}a fixed source needs a share in (0, 1), got {self.share}")
+        if self.kind == "fixed":
+            check_fixed_share(self.share, f"{who}a fixed source")
         if self.kind == "multilingual" and self.share is not None:
             raise ValueError(
                 f"{who}a multilingual source takes no share (it splits what the fixed sources leave, by tau)"
@@ -154,6 +174,10 @@ class DataConfig:
     shuffle_seed: int = 21
     num_workers: int = 2
     eval: EvalDataConfig = field(default_factory=EvalDataConfig)
+
+    # The folder of the recipe file this section was read from (set by `mmbert_train.config.load_recipe`; not a
+    # recipe key). Relative language files are looked up there first, then in the working directory.
+    recipe_dir = None
 
     def __post_init__(self) -> None:
         if self.tau is not None:

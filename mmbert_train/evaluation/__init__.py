@@ -36,7 +36,6 @@ from .heldout import (
     heldout_folders,
     language_key,
     load_heldout,
-    read_manifest,
 )
 from .report import (
     GroupResult,
@@ -68,7 +67,6 @@ __all__ = [
     "heldout_folders",
     "language_key",
     "load_heldout",
-    "read_manifest",
     "score_pieces",
     "write_csv",
     "write_json",

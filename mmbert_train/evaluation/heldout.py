@@ -1,22 +1,30 @@
 """The held-out evaluation set: masked pieces of every language's held-out documents, fixed by (seed, language,
-piece) so that any two checkpoints are scored on exactly the same masked tokens."""
+piece) so that any two checkpoints are scored on exactly the same masked tokens.
+
+Two ways to build one: :meth:`HeldoutSet.from_data_config` from a recipe's ``data`` section (its ``data.eval``:
+languages, groups, mask ratio, seed, lengths; what the training callback, the smoke chain and the decay-languages
+experiment use), or :func:`load_heldout` from explicit arguments (``mmbert eval-mlm``)."""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from mmbert_train.data.manifest import load_manifest
 from mmbert_train.data.masking import DEFAULT_MASK_TOKEN_ID, DEFAULT_SPECIAL_IDS, mask_generator, mask_tokens
 from mmbert_train.data.packing import cut_sample
 
 from .errors import EvalError
+
+if TYPE_CHECKING:
+    from mmbert_train.data.spec import DataConfig
 
 HELDOUT_DIR = "heldout"
 
@@ -52,6 +60,67 @@ class HeldoutSet:
     max_seq_len: int
     max_samples_per_language: int | None
     languages: dict[str, HeldoutLanguage]
+    # what to report (set by from_data_config): languages one by one, and named groups (aggregates); every
+    # language of either is in `languages`
+    reported: list[str] = field(default_factory=list)
+    groups: dict[str, list[str]] = field(default_factory=dict)
+
+    @classmethod
+    def from_data_config(
+        cls,
+        data_cfg: DataConfig,
+        *,
+        vocab_size: int,
+        mask_token_id: int = DEFAULT_MASK_TOKEN_ID,
+        languages: Sequence[str] | str | None = None,
+        groups: Mapping[str, Sequence[str] | str] | None = None,
+        sources: Sequence[str] | None = None,
+    ) -> HeldoutSet:
+        """The held-out set a recipe's ``data`` section describes.
+
+        Reads ``data_cfg.root``; masks at ``data_cfg.eval``'s fixed ``mask_ratio`` and ``seed``, cuts pieces of
+        ``eval.max_seq_len`` (None: the phase's ``max_seq_len``) and keeps ``eval.max_samples_per_language``.
+        Reports ``languages`` (default ``eval.languages``, or the phase's language set when that is None) and
+        ``groups`` (default ``eval.groups``), each a list of ids or a language file (found as the phase's own
+        language files are: :func:`mmbert_train.data.languages.find_language_file`). Languages without held-out
+        documents are left out (a language with one document has none); a group left empty is dropped.
+        ``sources``: read only these sources' held-out folders (None: every source in the manifest).
+        ``vocab_size`` / ``mask_token_id`` are the model's.
+        """
+        from mmbert_train.data.languages import LanguageSetError, resolve_language_set
+
+        ev = data_cfg.eval
+        root = Path(data_cfg.root)
+        have = set(all_heldout_languages(root, sources))
+        if languages is None:
+            languages = ev.languages if ev.languages is not None else data_cfg.languages
+        if groups is None:
+            groups = ev.groups
+
+        def with_heldout(spec: Sequence[str] | str, where: str) -> list[str]:
+            try:
+                ids = resolve_language_set(spec, recipe_dir=data_cfg.recipe_dir, where=where)
+            except LanguageSetError as exc:
+                raise EvalError(str(exc)) from None
+            return [x for x in ids if x in have]
+
+        reported = with_heldout(languages, "data.eval.languages")
+        kept = {name: with_heldout(spec, f"data.eval.groups.{name}") for name, spec in groups.items()}
+        kept = {name: members for name, members in kept.items() if members}
+        every = sorted(set(reported).union(*kept.values()))
+        heldout = load_heldout(
+            root,
+            every,
+            mask_ratio=ev.mask_ratio,
+            seed=ev.seed,
+            max_seq_len=ev.max_seq_len or data_cfg.max_seq_len,
+            max_samples_per_language=ev.max_samples_per_language,
+            sources=sources,
+            vocab_size=vocab_size,
+            mask_token_id=mask_token_id,
+        )
+        heldout.reported, heldout.groups = reported, kept
+        return heldout
 
     def settings(self) -> dict:
         return {
@@ -61,21 +130,6 @@ class HeldoutSet:
             "max_seq_len": self.max_seq_len,
             "max_samples_per_language": self.max_samples_per_language,
         }
-
-
-def read_manifest(root: Path) -> dict:
-    path = root / "manifest.json"
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise EvalError(
-            f"{path}: missing; --data must be a folder written by `mmbert prep tokenize`"
-        ) from None
-    except ValueError as exc:
-        raise EvalError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("sources"), dict):
-        raise EvalError(f"{path}: expected an object with a 'sources' mapping")
-    return manifest
 
 
 def heldout_folders(
@@ -120,7 +174,7 @@ def load_heldout(
     from mmbert_train.data.mds import MDSError, iter_input_ids
 
     root = Path(root)
-    manifest = read_manifest(root)
+    manifest = load_manifest(root)
     if not 0.0 < mask_ratio < 1.0:
         raise EvalError(f"--mask-ratio must be in (0, 1), got {mask_ratio}")
     if max_seq_len is None:
@@ -196,7 +250,7 @@ def all_heldout_languages(root: Path, sources: Sequence[str] | None = None) -> l
     """Every language with a held-out split in the data, sorted."""
     from mmbert_train.data.languages import normalize_language
 
-    manifest = read_manifest(root)
+    manifest = load_manifest(root)
     langs = set()
     for source, folders in manifest["sources"].items():
         if sources is not None and source not in sources:

@@ -72,20 +72,8 @@ def run_config(
     weights = config.weights
     if weights is not None and config.last is not None and len(weights) != len(models):
         raise MergeError(f"{len(weights)} weights for the {len(models)} models left after last={config.last}")
+    settings = {**asdict(config), "models": models, "weights": weights}
+    del settings["last"]  # applied above, by expand_models
     return merge_checkpoints(
-        method=config.method,
-        models=models,
-        out=config.out,
-        base=config.base,
-        density=config.density,
-        weights=weights,
-        scale=config.scale,
-        beta=config.beta,
-        dtype=config.dtype,
-        tokenizer=config.tokenizer,
-        trust_pickle=config.trust_pickle,
-        overwrite=overwrite,
-        chunk_numel=chunk_numel,
-        progress=progress,
-        record=asdict(config),
+        **settings, overwrite=overwrite, chunk_numel=chunk_numel, progress=progress, record=asdict(config)
     )

@@ -178,53 +178,20 @@ class HeldoutEval(Callback):
         # data.eval.batch_size sequences of the eval length per forward pass
         self.batch_tokens = batch_tokens or ev.batch_size * (ev.max_seq_len or data_cfg.max_seq_len)
         self._heldout = None
-        self._groups: dict[str, list[str]] = {}
-
-    def _prepare(self, vocab_size: int, mask_token_id: int) -> None:
-        from pathlib import Path
-
-        from mmbert_train.data.languages import resolve_language_set
-        from mmbert_train.evaluation import load_heldout, read_manifest
-
-        ev = self.data_cfg.eval
-        root = Path(self.data_cfg.root)
-        manifest = read_manifest(root)
-        has_heldout = {
-            folder.split("_")[0]
-            for folders in manifest["sources"].values()
-            for folder, stats in folders.items()
-            if stats.get("heldout_documents", 0) > 0
-        }
-        wanted = ev.languages if ev.languages is not None else self.data_cfg.languages
-        languages = [lang for lang in resolve_language_set(wanted) if lang in has_heldout]
-        groups = {
-            name: [lang for lang in resolve_language_set(spec) if lang in has_heldout]
-            for name, spec in ev.groups.items()
-        }
-        every = sorted(set(languages).union(*groups.values()) if groups else set(languages))
-        self._groups = {name: members for name, members in groups.items() if members}
-        self._languages = languages
-        self._heldout = load_heldout(
-            root,
-            every,
-            mask_ratio=ev.mask_ratio,
-            seed=ev.seed,
-            max_seq_len=ev.max_seq_len or self.data_cfg.max_seq_len,
-            max_samples_per_language=ev.max_samples_per_language,
-            vocab_size=vocab_size,
-            mask_token_id=mask_token_id,
-        )
 
     def _evaluate(self, state: State, logger: Logger) -> None:
-        from mmbert_train.evaluation import evaluate_model
+        from mmbert_train.evaluation import HeldoutSet, evaluate_model
 
         composer_model = getattr(state.model, "module", state.model)  # DDP wraps the ComposerModel
         model = composer_model.model
-        if self._heldout is None:
-            self._prepare(model.config.vocab_size, model.config.mask_token_id)
-        report = evaluate_model(model, self._heldout, self._groups, batch_tokens=self.batch_tokens)
+        if self._heldout is None:  # built once: the same masked tokens at every evaluation
+            self._heldout = HeldoutSet.from_data_config(
+                self.data_cfg, vocab_size=model.config.vocab_size, mask_token_id=model.config.mask_token_id
+            )
+        heldout = self._heldout
+        report = evaluate_model(model, heldout, heldout.groups, batch_tokens=self.batch_tokens)
         metrics: dict[str, float] = {}
-        for language in self._languages:
+        for language in heldout.reported:
             result = report.languages[language].score
             metrics[f"eval/{language}/loss"] = result.loss
             metrics[f"eval/{language}/accuracy"] = result.accuracy

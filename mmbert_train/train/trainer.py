@@ -23,6 +23,7 @@ from composer.core import DataSpec, Evaluator
 from composer.loggers import WandBLogger
 from composer.utils import dist, reproducibility
 
+from mmbert_train.atomic import atomic_write_text
 from mmbert_train.config import Recipe, model_overrides, recipe_to_yaml
 from mmbert_train.model import MMBertForMaskedLM, ModelConfig
 from mmbert_train.train.callbacks import (
@@ -194,8 +195,6 @@ def _save_recipe(recipe: Recipe, folder: str) -> None:
     """The resolved recipe next to the checkpoints (rank 0, written atomically)."""
     if dist.get_global_rank() != 0:
         return
-    from mmbert_train.atomic import atomic_write_text
-
     atomic_write_text(Path(folder) / RECIPE_FILENAME, recipe_to_yaml(recipe))
 
 
