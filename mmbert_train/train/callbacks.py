@@ -179,16 +179,21 @@ class HeldoutEval(Callback):
         self.batch_tokens = batch_tokens or ev.batch_size * (ev.max_seq_len or data_cfg.max_seq_len)
         self._heldout = None
 
-    def _evaluate(self, state: State, logger: Logger) -> None:
-        from mmbert_train.evaluation import HeldoutSet, evaluate_model
+    def _load(self, model: Any) -> Any:
+        from mmbert_train.evaluation import HeldoutSet
 
-        composer_model = getattr(state.model, "module", state.model)  # DDP wraps the ComposerModel
-        model = composer_model.model
         if self._heldout is None:  # built once: the same masked tokens at every evaluation
             self._heldout = HeldoutSet.from_data_config(
                 self.data_cfg, vocab_size=model.config.vocab_size, mask_token_id=model.config.mask_token_id
             )
-        heldout = self._heldout
+        return self._heldout
+
+    def _evaluate(self, state: State, logger: Logger) -> None:
+        from mmbert_train.evaluation import evaluate_model
+
+        composer_model = getattr(state.model, "module", state.model)  # DDP wraps the ComposerModel
+        model = composer_model.model
+        heldout = self._load(model)
         report = evaluate_model(model, heldout, heldout.groups, batch_tokens=self.batch_tokens)
         metrics: dict[str, float] = {}
         for language in heldout.reported:
@@ -203,10 +208,7 @@ class HeldoutEval(Callback):
     def fit_start(self, state: State, logger: Logger) -> None:
         """Read the held-out set before the first batch: a problem with it stops the run now, not after the
         phase has trained."""
-        if self._heldout is None:
-            composer_model = getattr(state.model, "module", state.model)
-            config = composer_model.model.config
-            self._prepare(config.vocab_size, config.mask_token_id)
+        self._load(getattr(state.model, "module", state.model).model)
 
     def batch_end(self, state: State, logger: Logger) -> None:
         unit_value = state.timestamp.get(self.interval.unit).value
