@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import re
 import typing
 from dataclasses import dataclass, field
@@ -343,8 +344,6 @@ POSITIVE_MODEL_FIELDS = (
 
 def launcher_world_size() -> int:
     """The number of ranks the launcher starts (``WORLD_SIZE``, as `composer -n N` / torchrun set it; 1 alone)."""
-    import os
-
     try:
         return max(1, int(os.environ.get("WORLD_SIZE", "1")))
     except ValueError:
@@ -373,6 +372,18 @@ def check_data_ranges(data: DataConfig, fail: typing.Callable[[str], None]) -> N
         fail(f"data.eval.max_samples_per_language must be >= 1, got {ev.max_samples_per_language}")
     if ev.batch_size < 1:
         fail(f"data.eval.batch_size must be >= 1, got {ev.batch_size}")
+
+
+def check_microbatch_split(recipe: Recipe, world: int, where: str = "recipe") -> None:
+    """Each of ``world`` ranks gets a whole number of ``trainer.device_microbatch_size`` microbatches."""
+    trainer = recipe.trainer
+    micro = trainer.device_microbatch_size
+    per_rank = trainer.global_batch_size // world
+    if micro is not None and per_rank % micro:
+        raise ConfigError(
+            f"{where}: trainer.global_batch_size {trainer.global_batch_size} / {world} rank(s) = {per_rank} rows "
+            f"per rank is not a multiple of trainer.device_microbatch_size {micro}"
+        )
 
 
 def check_recipe(recipe: Recipe, where: str = "recipe") -> None:
@@ -419,18 +430,15 @@ def check_recipe(recipe: Recipe, where: str = "recipe") -> None:
             f"trainer.device_microbatch_size {micro} is larger than trainer.global_batch_size "
             f"{trainer.global_batch_size}"
         )
+    # the per-rank split is checked under a launcher (WORLD_SIZE set): alone, a recipe for N ranks is only viewed
     world = launcher_world_size()
     if trainer.global_batch_size % world:
         fail(
             f"trainer.global_batch_size {trainer.global_batch_size} does not split over {world} ranks "
             "(WORLD_SIZE of the launcher); use a multiple of the number of ranks"
         )
-    per_rank = trainer.global_batch_size // world
-    if micro is not None and per_rank % micro:
-        fail(
-            f"trainer.global_batch_size {trainer.global_batch_size} / {world} rank(s) = {per_rank} rows per rank "
-            f"is not a multiple of trainer.device_microbatch_size {micro}"
-        )
+    if "WORLD_SIZE" in os.environ:
+        check_microbatch_split(recipe, world, where)
     warm = data.batch_warmup
     try:
         check_batch_warmup(warm.start_batch_size, warm.tokens, trainer.global_batch_size)

@@ -73,10 +73,6 @@ BAD = [
         ["trainer.save_num_checkpoints_to_keep=0"],
         "trainer.save_num_checkpoints_to_keep must be -1 (keep all) or >= 1",
     ),
-    (
-        ["trainer.device_microbatch_size=3"],
-        "4 rows per rank is not a multiple of trainer.device_microbatch_size 3",
-    ),
     (["data.eval.mask_ratio=1.5"], "data.eval.mask_ratio must be in (0, 1)"),
     (["data.eval.max_samples_per_language=0"], "data.eval.max_samples_per_language must be >= 1"),
     (["data.eval.batch_size=0"], "data.eval.batch_size must be >= 1"),
@@ -104,6 +100,23 @@ def test_world_size_of_the_launcher_is_checked_in_config(recipe, capsys, monkeyp
     monkeypatch.setenv("WORLD_SIZE", "3")
     for rc, err in run_both(recipe, [], capsys):
         assert rc == 2 and "trainer.global_batch_size 4 does not split over 3 ranks" in err
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rc, err in run_both(recipe, ["trainer.device_microbatch_size=3"], capsys):
+        assert rc == 2 and "2 rows per rank is not a multiple of trainer.device_microbatch_size 3" in err
+
+
+def test_microbatch_split_is_checked_by_train_in_one_process(recipe, capsys, monkeypatch, tmp_path):
+    """Alone, `mmbert config` only views a recipe meant for N ranks; `mmbert train` checks its own split."""
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert config_command.main([str(recipe), "trainer.device_microbatch_size=3"]) == 0
+    capsys.readouterr()
+    assert train_command.main([str(recipe), "trainer.device_microbatch_size=3"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "4 rows per rank is not a multiple of trainer.device_microbatch_size 3" in err
+        and "Traceback" not in err
+    )
+    assert not (tmp_path / "ckpt").exists()
 
 
 @pytest.mark.parametrize(

@@ -31,7 +31,9 @@ def check_language_sets(recipe: Recipe, where: str = "recipe") -> None:
     from mmbert_train.data.languages import LanguageSetError, resolve_language_set
 
     data = recipe.data
-    specs: list[tuple[str, object]] = [("data.languages", data.languages)]
+    specs: list[tuple[str, object]] = (
+        [("data.languages", data.languages)] if data.languages is not None else []
+    )
     if data.eval.languages is not None:
         specs.append(("data.eval.languages", data.eval.languages))
     specs.extend((f"data.eval.groups.{name}", spec) for name, spec in data.eval.groups.items())

@@ -332,6 +332,9 @@ def build_trainer(
     from mmbert_train.train.preflight import check_recipe_files, check_shards
 
     check_recipe_files(recipe, recipe.name)
+    from mmbert_train.config import check_microbatch_split
+
+    check_microbatch_split(recipe, dist.get_world_size(), recipe.name)  # this run's ranks, launcher or not
     local_mds = all(
         s.kind != "published" and getattr(s, "path", None) is None for s in recipe.data.sources.values()
     )
