@@ -47,9 +47,13 @@ def test_no_warmup_and_step_sequence():
 def test_bad_sizes():
     with pytest.raises(ValueError, match="multiple of world_size 4"):
         BatchSizeSchedule(30, 16, world_size=4)
-    with pytest.raises(ValueError, match=r"start_batch_size 64 must be in \[1, trainer.global_batch_size = 32\]"):
+    with pytest.raises(
+        ValueError, match=r"start_batch_size 64 must be in \[1, trainer.global_batch_size = 32\]"
+    ):
         BatchSizeSchedule(32, 16, start_batch_size=64, warmup_tokens=100)
-    with pytest.raises(ValueError, match=r"start_batch_size 0 must be in \[1, "):  # a warmup needs a start size
+    with pytest.raises(
+        ValueError, match=r"start_batch_size 0 must be in \[1, "
+    ):  # a warmup needs a start size
         BatchSizeSchedule(32, 16, start_batch_size=0, warmup_tokens=100)
     with pytest.raises(ValueError, match=r"data.batch_warmup.tokens must be >= 0, got -1"):
         BatchSizeSchedule(32, 16, warmup_tokens=-1)

@@ -122,7 +122,10 @@ def test_flags_that_a_recipe_sets_are_refused_next_to_a_recipe(hf_dirs, tmp_path
     recipe.write_text(f"method: ties\nbase: {hf_dirs[0]}\nmodels: [{hf_dirs[1]}]\nout: {tmp_path / 'o'}\n")
     with pytest.raises(SystemExit):
         main([str(recipe), "--density", "0.3", "--trust-pickle"])
-    assert "with a recipe, set --density, --trust-pickle as key=value overrides instead" in capsys.readouterr().err
+    assert (
+        "with a recipe, set --density, --trust-pickle as key=value overrides instead"
+        in capsys.readouterr().err
+    )
     with pytest.raises(SystemExit):
         main(["--method", "ties", "--base", str(hf_dirs[0])])
     assert "give a recipe, or at least --models, --out" in capsys.readouterr().err

@@ -142,7 +142,9 @@ def test_counts_errors_name_the_item(tmp_path):
         table_from_counts(counts, name="x", tau=0.5, counts_are="available", phase_tokens=10,
                           fixed={"eng": 0.6, "code": 0.6})  # fmt: skip
     with pytest.raises(DataValidationError, match=r"--fixed eng needs a share in \(0, 1\), got 1.5"):
-        table_from_counts(counts, name="x", tau=0.5, counts_are="available", phase_tokens=10, fixed={"eng": 1.5})
+        table_from_counts(
+            counts, name="x", tau=0.5, counts_are="available", phase_tokens=10, fixed={"eng": 1.5}
+        )
 
 
 def test_cli_error_exit_code(tmp_path, capsys):
