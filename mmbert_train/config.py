@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import re
 import typing
 from dataclasses import dataclass, field
@@ -131,6 +132,8 @@ class OptimizerConfig:
             raise ValueError(f"optimizer.lr must be > 0, got {self.lr}")
         if self.weight_decay < 0:
             raise ValueError(f"optimizer.weight_decay must be >= 0, got {self.weight_decay}")
+        if not self.eps > 0:
+            raise ValueError(f"optimizer.eps must be > 0, got {self.eps}")
         if not all(0.0 <= b < 1.0 for b in self.betas):
             raise ValueError(f"optimizer.betas must be in [0, 1), got {list(self.betas)}")
         if self.max_lr is not None and self.max_lr < self.lr:
@@ -197,6 +200,9 @@ class TrainerConfig:
     progress_bar: bool = True
     log_interval: str = "1ba"  # console logger
     log_to_console: bool = False
+    # a NaN or infinite training loss stops the run with an error (before the optimizer steps, so no checkpoint
+    # of broken weights is written); true keeps training through it
+    allow_nonfinite_loss: bool = False
 
     def __post_init__(self) -> None:
         parse_time(self.max_duration, "trainer.max_duration")
@@ -204,6 +210,22 @@ class TrainerConfig:
         parse_time(self.log_interval, "trainer.log_interval")
         if self.global_batch_size < 1:
             raise ValueError(f"trainer.global_batch_size must be >= 1, got {self.global_batch_size}")
+        if self.seed < 0:
+            raise ValueError(f"trainer.seed must be >= 0, got {self.seed}")
+        if parse_time(self.log_interval, "trainer.log_interval")[0] <= 0:
+            raise ValueError(
+                f"trainer.log_interval must be a positive time (e.g. 10ba), got {self.log_interval!r}"
+            )
+        if parse_time(self.save_interval, "trainer.save_interval")[0] <= 0:
+            raise ValueError(
+                f"trainer.save_interval must be a positive time (e.g. 1000ba), got {self.save_interval!r}; "
+                "for no checkpoints set trainer.save_folder=null (and trainer.autoresume=false)"
+            )
+        if self.save_num_checkpoints_to_keep == 0 or self.save_num_checkpoints_to_keep < -1:
+            raise ValueError(
+                "trainer.save_num_checkpoints_to_keep must be -1 (keep all) or >= 1, got "
+                f"{self.save_num_checkpoints_to_keep}; 0 would delete every checkpoint, the final one too"
+            )
         if self.device_microbatch_size is not None and self.device_microbatch_size < 1:
             raise ValueError(
                 f"trainer.device_microbatch_size must be >= 1, got {self.device_microbatch_size}"
@@ -308,6 +330,61 @@ def parse_time(value: str, where: str = "time") -> tuple[float, str]:
 
 # ------------------------------------------------------------------------------------------------- validation
 
+# `model:` fields that must be positive (checked before the ModelConfig is built, which divides by some of them)
+POSITIVE_MODEL_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "max_position_embeddings",
+    "norm_eps",
+)
+
+
+def launcher_world_size() -> int:
+    """The number of ranks the launcher starts (``WORLD_SIZE``, as `composer -n N` / torchrun set it; 1 alone)."""
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
+def check_data_ranges(data: DataConfig, fail: typing.Callable[[str], None]) -> None:
+    """Value ranges of the ``data:`` section that its dataclass does not check itself."""
+    if data.num_workers < 0:
+        fail(f"data.num_workers must be >= 0, got {data.num_workers}")
+    if data.shuffle_seed < 0:
+        fail(f"data.shuffle_seed must be >= 0, got {data.shuffle_seed}")
+    warm = data.batch_warmup
+    if warm.tokens < 0:
+        fail(f"data.batch_warmup.tokens must be >= 0 (0 = no warmup), got {warm.tokens}")
+    if warm.start_batch_size < 0:
+        fail(f"data.batch_warmup.start_batch_size must be >= 0, got {warm.start_batch_size}")
+    ev = data.eval
+    if not 0.0 < ev.mask_ratio < 1.0:
+        fail(f"data.eval.mask_ratio must be in (0, 1), got {ev.mask_ratio}")
+    if ev.seed < 0:
+        fail(f"data.eval.seed must be >= 0, got {ev.seed}")
+    if ev.max_seq_len is not None and ev.max_seq_len < 2:
+        fail(f"data.eval.max_seq_len must be at least 2 (or null = data.max_seq_len), got {ev.max_seq_len}")
+    if ev.max_samples_per_language < 1:
+        fail(f"data.eval.max_samples_per_language must be >= 1, got {ev.max_samples_per_language}")
+    if ev.batch_size < 1:
+        fail(f"data.eval.batch_size must be >= 1, got {ev.batch_size}")
+
+
+def check_microbatch_split(recipe: Recipe, world: int, where: str = "recipe") -> None:
+    """Each of ``world`` ranks gets a whole number of ``trainer.device_microbatch_size`` microbatches."""
+    trainer = recipe.trainer
+    micro = trainer.device_microbatch_size
+    per_rank = trainer.global_batch_size // world
+    if micro is not None and per_rank % micro:
+        raise ConfigError(
+            f"{where}: trainer.global_batch_size {trainer.global_batch_size} / {world} rank(s) = {per_rank} rows "
+            f"per rank is not a multiple of trainer.device_microbatch_size {micro}"
+        )
+
 
 def check_recipe(recipe: Recipe, where: str = "recipe") -> None:
     """Consistency across sections; raises `ConfigError` naming the keys involved."""
@@ -324,9 +401,13 @@ def check_recipe(recipe: Recipe, where: str = "recipe") -> None:
         )
     if section.preset is None and recipe.init_from is None:
         fail("model: give model.preset (a new model) or init_from.path (continue from a checkpoint)")
+    for key in POSITIVE_MODEL_FIELDS:
+        value = getattr(section, key)
+        if value is not None and not value > 0:
+            fail(f"model.{key} must be > 0, got {value}")
     try:
         model = recipe.model_config
-    except ValueError as err:
+    except (ValueError, ArithmeticError) as err:
         fail(f"model: {err}")
 
     data = recipe.data
@@ -340,6 +421,8 @@ def check_recipe(recipe: Recipe, where: str = "recipe") -> None:
     if eval_len is not None and eval_len > positions:
         fail(f"data.eval.max_seq_len {eval_len} is above model.max_position_embeddings {positions}")
 
+    check_data_ranges(data, fail)
+
     trainer = recipe.trainer
     micro = trainer.device_microbatch_size
     if micro is not None and micro > trainer.global_batch_size:
@@ -347,6 +430,15 @@ def check_recipe(recipe: Recipe, where: str = "recipe") -> None:
             f"trainer.device_microbatch_size {micro} is larger than trainer.global_batch_size "
             f"{trainer.global_batch_size}"
         )
+    # the per-rank split is checked under a launcher (WORLD_SIZE set): alone, a recipe for N ranks is only viewed
+    world = launcher_world_size()
+    if trainer.global_batch_size % world:
+        fail(
+            f"trainer.global_batch_size {trainer.global_batch_size} does not split over {world} ranks "
+            "(WORLD_SIZE of the launcher); use a multiple of the number of ranks"
+        )
+    if "WORLD_SIZE" in os.environ:
+        check_microbatch_split(recipe, world, where)
     warm = data.batch_warmup
     try:
         check_batch_warmup(warm.start_batch_size, warm.tokens, trainer.global_batch_size)

@@ -15,12 +15,14 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import types
 import typing
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union
 
+import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -41,12 +43,9 @@ def load_yaml(path: str | os.PathLike, overrides: Iterable[str] = ()) -> dict[st
     path = Path(path)
     merged = _load_with_parents(path.resolve(), chain=())
     overrides = list(overrides)
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(
-                f"override {item!r} is not of the form key=value (e.g. trainer.max_duration=10ba)"
-            )
     if overrides:
+        for item in overrides:
+            parse_override(item)  # names the bad override before OmegaConf's generic message
         try:
             merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(overrides))
         except OmegaConfBaseException as err:
@@ -60,6 +59,72 @@ def load_yaml(path: str | os.PathLike, overrides: Iterable[str] = ()) -> dict[st
     return resolved
 
 
+_KEY_PART_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$|^\d+$")
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """Check one ``key=value`` override and return ``(dotted key, YAML value)``.
+
+    The key must be dotted identifiers (``data.eval.mask_ratio``; no empty part as in ``data..tau``); the value
+    is read as YAML (``[0.5`` is refused, naming the override)."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not of the form key=value (e.g. trainer.max_duration=10ba)")
+    key, value = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {item!r}: the key before '=' is empty (e.g. trainer.max_duration=10ba)")
+    parts = key.split(".")
+    bad = [part for part in parts if not _KEY_PART_RE.match(part)]
+    if bad:
+        what = "an empty part (two dots in a row, or a dot at an end)" if "" in bad else f"{bad[0]!r}"
+        raise ConfigError(f"override {item!r}: the key {key!r} has {what}; write dotted names like data.tau")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as err:
+        raise ConfigError(
+            f"override {item!r}: the value {value!r} is not valid YAML ({_yaml_problem(err)})"
+        ) from None
+    return key, parsed
+
+
+def _yaml_problem(err: Exception) -> str:
+    """A YAML parser error as one line: the problem and where (line, column), without the parser's context."""
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    mark = getattr(err, "problem_mark", None)
+    if mark is not None:
+        return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    return str(problem)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader that refuses a key given twice in one mapping (PyYAML keeps the last one silently)."""
+
+
+def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False):
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} given twice (first on line {seen[key] + 1})", key_node.start_mark
+            )
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+
+
+def check_yaml_syntax(path: Path) -> None:
+    """Raise `ConfigError` naming ``path`` and the line when the file is not valid YAML or repeats a key."""
+    try:
+        yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(err)}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read: {err}") from None
+
+
 def _load_with_parents(path: Path, chain: tuple[Path, ...]):
     if path in chain:
         cycle = " -> ".join(str(p) for p in (*chain, path))
@@ -67,9 +132,10 @@ def _load_with_parents(path: Path, chain: tuple[Path, ...]):
     if not path.is_file():
         where = f" (extended by {chain[-1]})" if chain else ""
         raise ConfigError(f"config file not found: {path}{where}")
+    check_yaml_syntax(path)
     try:
         node = OmegaConf.load(path)
-    except (OmegaConfBaseException, OSError, ValueError) as err:
+    except (OmegaConfBaseException, OSError, ValueError, yaml.YAMLError) as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if node is None or not OmegaConf.is_dict(node):
         raise ConfigError(f"{path}: expected a mapping at the top level")

@@ -118,6 +118,46 @@ class HeldoutScorer:
         return group.score.loss, group.score.accuracy
 
 
+class UnigramModel:
+    """The reference a model must beat to have learned more than token frequencies: every masked token is
+    predicted from the training tokens' frequencies alone (add-one smoothed), whatever its context. Scored by the
+    same `evaluate_model` as the real models (it answers the same call)."""
+
+    def __init__(self, languages: list[str], vocab_size: int) -> None:
+        import numpy as np
+        import torch
+
+        from mmbert_train.data.mds import iter_input_ids
+
+        counts = np.ones(vocab_size, dtype=np.float64)
+        for language in languages:
+            for folder in sorted((MDS / "udhr").glob(f"{language}*")):
+                for ids in iter_input_ids(folder):
+                    counts += np.bincount(ids.astype(np.int64), minlength=vocab_size)[:vocab_size]
+        self.log_probs = torch.tensor(np.log(counts / counts.sum()), dtype=torch.float32)
+        from mmbert_train.constants import MASK_ID
+
+        self.config = type(
+            "Config",
+            (),
+            {"vocab_size": vocab_size, "max_position_embeddings": 1 << 30, "mask_token_id": MASK_ID},
+        )()
+        self.training = False
+
+    def parameters(self):
+        yield self.log_probs
+
+    def eval(self):
+        return self
+
+    def train(self, mode: bool = True):
+        return self
+
+    def __call__(self, input_ids, labels, **_):
+        n = int((labels != -100).sum())
+        return type("Out", (), {"logits": self.log_probs.expand(n, -1)})()
+
+
 def start_model(recipe):
     """The weights a phase starts from, exactly as the trainer builds them (seeded init, or init_from)."""
     from mmbert_train.train.trainer import build_model
@@ -139,6 +179,7 @@ def train_phases(scorer: HeldoutScorer) -> list[dict]:
         recipe = load_recipe(recipe_path)
         languages = scorer.languages(recipe)
         before = scorer.score(start_model(recipe), recipe)
+        unigram = scorer.score(UnigramModel(languages, VOCAB_SIZE), recipe)
         step(f"train {name}: python train.py {recipe_path}")
         started = time.perf_counter()
         run(sys.executable, "train.py", recipe_path)
@@ -146,7 +187,7 @@ def train_phases(scorer: HeldoutScorer) -> list[dict]:
         after = scorer.score(final_model(recipe), recipe)
         rows.append(
             {"phase": name, "languages": len(languages), "before": before, "after": after, "seconds": seconds,
-             "recipe": recipe})  # fmt: skip
+             "unigram": unigram, "recipe": recipe})  # fmt: skip
         print(f"{name}: held-out loss {before[0]:.3f} -> {after[0]:.3f} on {len(languages)} languages")
     return rows
 
@@ -166,31 +207,51 @@ def merge_and_export(rows: list[dict], scorer: HeldoutScorer) -> Path:
     merged = scorer.score(load_pretrained(EXPORT), decay_all["recipe"])
     rows.append(
         {"phase": "merge (TIES)", "languages": decay_all["languages"], "before": decay_all["before"],
-         "after": merged, "seconds": float("nan")})  # fmt: skip
+         "after": merged, "seconds": float("nan"), "unigram": decay_all["unigram"]})  # fmt: skip
     step("fill-mask with transformers on the exported model: mmbert fill-mask")
     run(*MMBERT, "fill-mask", str(EXPORT), FILL_MASK_TEXT, "--top-k", "5")
     return EXPORT
 
 
+def fill_mask_predictions(model_dir: Path) -> list[tuple[str, float]]:
+    from mmbert_train.commands.export import fill_mask
+
+    return [(p["token_str"], p["score"]) for p in fill_mask(model_dir, FILL_MASK_TEXT, top_k=5)[0]]
+
+
 def print_table(rows: list[dict]) -> bool:
-    print("\nHeld-out MLM loss (nats per masked token) and accuracy at a fixed 15% mask ratio and seed 1234,")
     print(
-        "on each phase's own languages (the merge row: all 447, vs the midtrain checkpoint it merges onto):"
+        "\nHeld-out MLM loss (nats per masked token; lower is better) and top-1 accuracy of the masked tokens,"
     )
+    print(
+        "at a fixed 15% mask ratio and seed 1234 on text no phase trained on, for each phase's own languages"
+    )
+    print(
+        "(the merge row: all of them, vs the midtrain checkpoint it merges onto). 'unigram' is a model that knows"
+    )
+    print("only how often each token occurs in the training data: a phase beats it when it uses the context.")
     header = (
-        f"{'phase':<14}{'langs':>6}{'loss before':>13}{'loss after':>12}{'acc before':>12}{'acc after':>11}"
+        f"{'phase':<14}{'langs':>6}{'loss before':>13}{'loss after':>12}{'unigram':>9}"
+        f"{'acc before':>12}{'acc after':>11}{'unigram':>9}"
     )
     print(header + f"{'train s':>9}")
     print("-" * (len(header) + 9))
     ok = True
     for row in rows:
-        (lb, ab), (la, aa) = row["before"], row["after"]
+        (lb, ab), (la, aa), (lu, au) = row["before"], row["after"], row["unigram"]
         falls = la < lb
         ok &= falls or row["phase"].startswith("merge")
         mark = "" if falls else "  <- did not fall"
-        print(f"{row['phase']:<14}{row['languages']:>6}{lb:>13.3f}{la:>12.3f}{ab:>12.3f}{aa:>11.3f}"
-              f"{row['seconds']:>9.0f}{mark}")  # fmt: skip
+        print(f"{row['phase']:<14}{row['languages']:>6}{lb:>13.3f}{la:>12.3f}{lu:>9.3f}{ab:>12.3f}{aa:>11.3f}"
+              f"{au:>9.3f}{row['seconds']:>9.0f}{mark}")  # fmt: skip
     return ok
+
+
+def print_fill_mask(predictions: list[tuple[str, float]]) -> None:
+    print(
+        f"\nfill-mask on the final model: {FILL_MASK_TEXT!r} (Article 1 of the UDHR; the answer is 'dignity')"
+    )
+    print("  " + ", ".join(f"{token.strip()!r} {score:.0%}" for token, score in predictions))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -213,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = train_phases(scorer)
     export = merge_and_export(rows, scorer)
     ok = print_table(rows)
+    print_fill_mask(fill_mask_predictions(export))
     print(f"\nsmoke chain took {time.perf_counter() - started:.0f} s")
     if not ok:
         print("error: the held-out loss did not fall in every phase", file=sys.stderr)

@@ -395,10 +395,11 @@ def test_state_errors_name_the_mismatch():
 
 
 def test_builder_cleans_stale_shared_memory(corpus, monkeypatch):
-    import streaming.base.util
+    """The builder removes dead runs' Streaming shared memory first (only theirs: tests/test_shm_cleanup.py)."""
+    import mmbert_train.data.shm
 
     calls = []
-    monkeypatch.setattr(streaming.base.util, "clean_stale_shared_memory", lambda: calls.append(1))
+    monkeypatch.setattr(mmbert_train.data.shm, "clean_dead_shared_memory", lambda: calls.append(1))
     from mmbert_train.train.dataloader import build_train_dataloader
 
     build_train_dataloader(data_config(corpus), global_batch_size=8, vocab_size=VOCAB, rank=0, world_size=1,

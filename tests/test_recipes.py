@@ -263,6 +263,8 @@ def snapshot_in_current_form(recipe: Path) -> str:
     * ``trainer.gpu_memory`` (new key, default ``80GB``) follows ``trainer.compile``, and the real recipes'
       ``trainer.device_microbatch_size`` is the memory planner's choice (`PLANNED_MICROBATCH`);
     * ``model.loss_chunk_size`` (a later model field, the chunked loss) appears with its default.
+
+    Keys added to the schema since then appear with their defaults (``trainer.allow_nonfinite_loss: false``).
     """
     import yaml
     from omegaconf import OmegaConf
@@ -289,6 +291,7 @@ def snapshot_in_current_form(recipe: Path) -> str:
         planned = PLANNED_MICROBATCH[(old["model"]["preset"], old["data"]["max_seq_len"])]
         old["trainer"]["device_microbatch_size"] = planned
     old["model"]["loss_chunk_size"] = 4096
+    old["trainer"].setdefault("allow_nonfinite_loss", False)
     return OmegaConf.to_yaml(OmegaConf.create(old), sort_keys=False)
 
 

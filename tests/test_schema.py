@@ -92,3 +92,50 @@ def test_data_section_post_init_checks_are_config_errors():
         from_dict(DataConfig, {**base, "tau": 1.5}, "r.yaml: data")
     with pytest.raises(ConfigError, match="fixed source needs a share"):
         from_dict(DataConfig, {**base, "sources": {"dclm": {"kind": "fixed"}}}, "r.yaml: data")
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            "data.tau=[0.5",
+            r"override 'data.tau=\[0.5': the value '\[0.5' is not valid YAML \(line 1, column 5",
+        ),
+        ("=3", r"override '=3': the key before '=' is empty"),
+        ("data..tau=0.5", r"the key 'data..tau' has an empty part"),
+        ("data.tau.=0.5", r"the key 'data.tau.' has an empty part"),
+        ("data.t au=0.5", r"the key 'data.t au' has 't au'"),
+    ],
+)
+def test_bad_overrides_name_the_override(tmp_path, override, message):
+    (tmp_path / "a.yaml").write_text("name: x\n")
+    with pytest.raises(ConfigError, match=message):
+        load_yaml(tmp_path / "a.yaml", [override])
+
+
+def test_good_overrides_still_parse(tmp_path):
+    (tmp_path / "a.yaml").write_text("name: x\ninner: {lr: 1.0}\n")
+    data = load_yaml(
+        tmp_path / "a.yaml", ["inner.lr=5e-4", "tags=[a, b]", "extra={k: 1}", "name=a=b", "steps=3"]
+    )
+    assert data == {"name": "a=b", "inner": {"lr": 5e-4}, "tags": ["a", "b"], "extra": {"k": 1}, "steps": 3}
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            "name: a\nname: b\n",
+            r"bad.yaml: not valid YAML: line 2, column 1: key 'name' given twice \(first on line 1\)",
+        ),
+        ("inner:\n  lr: 1\n  lr: 2\n", r"line 3, column 3: key 'lr' given twice"),
+        (
+            "name: a\n  steps: 1\n",
+            r"bad.yaml: not valid YAML: line 2, column 8: mapping values are not allowed",
+        ),
+    ],
+)
+def test_bad_yaml_names_file_and_line(tmp_path, text, message):
+    (tmp_path / "bad.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_yaml(tmp_path / "bad.yaml")

@@ -1,4 +1,7 @@
-"""``mmbert config RECIPE [key=value ...]``: print a recipe fully resolved (extends + overrides) and validated."""
+"""``mmbert config RECIPE [key=value ...]``: print a recipe fully resolved (extends + overrides) and validated.
+
+Validated as `mmbert train` validates it before any work: the schema and cross-field checks of `load_recipe`, plus
+the files it names (`mmbert_train.train.preflight`: language sets, vocabulary vs the data's tokenizer)."""
 
 from __future__ import annotations
 
@@ -17,8 +20,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("recipe", help="recipe YAML, e.g. recipes/base_pretrain.yaml")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. trainer.max_duration=10ba")
     args = parser.parse_args(argv)
+    from mmbert_train.train.preflight import check_recipe_files
+
     try:
         recipe = load_recipe(args.recipe, args.overrides)
+        check_recipe_files(recipe, args.recipe)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

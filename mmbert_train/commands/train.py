@@ -24,6 +24,35 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def project_errors() -> tuple[type[BaseException], ...]:
+    """Every error type of the project a run can end with: each says what is wrong and what to change, so it is
+    printed as one message (no traceback)."""
+    from mmbert_train.checkpoints import CheckpointError
+    from mmbert_train.data.languages import LanguageSetError
+    from mmbert_train.data.manifest import ManifestError
+    from mmbert_train.data.mds import MDSError
+    from mmbert_train.data.sampling import DataValidationError
+    from mmbert_train.evaluation import EvalError
+    from mmbert_train.locks import LockHeldError
+    from mmbert_train.train.callbacks import NonFiniteLossError
+    from mmbert_train.train.resume import ResumeError
+    from mmbert_train.train.trainer import TrainSetupError
+
+    return (
+        ConfigError,
+        TrainSetupError,
+        ResumeError,
+        LockHeldError,
+        NonFiniteLossError,
+        DataValidationError,
+        LanguageSetError,
+        ManifestError,
+        MDSError,
+        CheckpointError,
+        EvalError,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -33,12 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    from mmbert_train.data.sampling import DataValidationError
-    from mmbert_train.train.trainer import TrainSetupError, train
+    from mmbert_train.train.trainer import train
 
+    errors = project_errors()
     try:
         train(recipe)
-    except (DataValidationError, TrainSetupError) as err:
+    except errors as err:
         print(f"error: {args.recipe}: {err}", file=sys.stderr)
         return 2
     return 0

@@ -32,6 +32,7 @@ Epoch end. Ranks run out of packed rows at different times; before each batch th
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import os
 import warnings
@@ -52,6 +53,7 @@ from mmbert_train.data.masking import (
     mask_tokens,
 )
 from mmbert_train.data.packing import Row, collate_rows, pack_block, packing_efficiency
+from mmbert_train.processes import die_with_parent
 
 if TYPE_CHECKING:
     from streaming import StreamingDataset
@@ -123,6 +125,11 @@ def _gather(obj: Any) -> list[Any]:
     return [obj]
 
 
+def _worker_dies_with_parent(parent_pid: int, worker_id: int) -> None:
+    """``worker_init_fn`` of the reading workers: exit when the training process ``parent_pid`` dies."""
+    die_with_parent(parent_pid)
+
+
 class PackedMLMDataset(IterableDataset):
     """Packed, masked device batches (contract 3) over a ``StreamingDataset``; see the module docstring.
 
@@ -189,6 +196,10 @@ class PackedMLMDataset(IterableDataset):
             collate_fn=_block_of_samples,
             prefetch_factor=self.prefetch_factor if self.num_workers > 0 else None,
             persistent_workers=False,
+            # workers exit when the training process dies (kill -9 too) instead of holding shared memory
+            worker_init_fn=functools.partial(_worker_dies_with_parent, os.getpid())
+            if self.num_workers > 0
+            else None,
         )
         yield from loader
 
@@ -378,8 +389,8 @@ def build_packed_dataset(
     grows toward it. ``phase_tokens``: the phase's length in tokens, used for the mask-ratio schedule and, via
     the sampling plan, as Streaming's ``epoch_size`` (one epoch = the phase's mixture) unless ``epoch_size`` is
     given. ``streams``: override the streams of :func:`mmbert_train.data.sampling.build_phase_plan`.
-    ``device_microbatch_size``: when given, batch sizes are multiples of it on every rank. Calls Streaming's
-    ``clean_stale_shared_memory()`` on every rank first (``clean_shared_memory``).
+    ``device_microbatch_size``: when given, batch sizes are multiples of it on every rank. Calls
+    `mmbert_train.data.shm.clean_dead_shared_memory` on every rank first (``clean_shared_memory``).
     """
     from streaming import StreamingDataset
 
@@ -394,9 +405,10 @@ def build_packed_dataset(
         if epoch_size is None and phase_tokens:
             epoch_size = plan.samples_for_tokens(phase_tokens)
     if clean_shared_memory:
-        from streaming.base.util import clean_stale_shared_memory
+        # only segments no live process uses (Streaming's own clean-up removes those of running trainings too)
+        from mmbert_train.data.shm import clean_dead_shared_memory
 
-        clean_stale_shared_memory()
+        clean_dead_shared_memory()
     raw = StreamingDataset(
         streams=streams,
         batch_size=block_samples,

@@ -109,6 +109,56 @@ class LoadOptimizerState(Callback):
         self.optim_state = None
 
 
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the message names the batch."""
+
+
+class NonFiniteLossGuard(Callback):
+    """Stops training at the first NaN / infinite loss, right after the loss is computed and before the backward
+    pass and the optimizer step: the weights stay those of the last good batch, and no checkpoint is written
+    for the broken one. With several ranks the check is agreed on (any rank's bad loss stops every rank), so no
+    rank waits in a collective for one that stopped. ``trainer.allow_nonfinite_loss`` turns this off."""
+
+    def after_loss(self, state: State, logger: Logger) -> None:
+        import torch
+        from composer.utils import dist
+
+        losses = state.loss if isinstance(state.loss, (tuple, list)) else [state.loss]
+        tensors = [loss for loss in losses if isinstance(loss, torch.Tensor)]
+        if not tensors:
+            return
+        bad = torch.tensor([0.0 if all(bool(torch.isfinite(t.detach()).all()) for t in tensors) else 1.0])
+        if dist.get_world_size() > 1:
+            device = tensors[0].device
+            bad = bad.to(device)
+            dist.all_reduce(bad, reduce_operation="MAX")
+        if float(bad.item()) > 0:
+            batch = int(state.timestamp.batch) + 1
+            values = ", ".join(f"{float(t.detach().float().mean()):g}" for t in tensors)
+            raise NonFiniteLossError(
+                f"the training loss is not finite at batch {batch} (loss {values}); training stopped before "
+                f"this batch's update, the last checkpoint is of an earlier batch. Usual causes: a too-high "
+                "optimizer.lr, model.norm_eps <= 0, fp16 overflow. Set trainer.allow_nonfinite_loss=true to "
+                "train on regardless"
+            )
+
+
+class SaveFolderLock(Callback):
+    """Holds the save folder's lock (`mmbert_train.locks`) for the trainer's lifetime; released when the
+    trainer closes (or when this process builds another trainer on the same folder)."""
+
+    def __init__(self, lock: Any) -> None:
+        self.lock = lock
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def post_close(self) -> None:
+        self.release()
+
+
 class HeldoutEval(Callback):
     """Held-out MLM loss and accuracy per language and per group, during training (``data.eval``).
 
@@ -119,24 +169,31 @@ class HeldoutEval(Callback):
     scores the same (small) set, so FSDP's collectives line up; rank 0's logger writes it.
     """
 
-    def __init__(self, data_cfg: Any, interval: str, batch_tokens: int = 16384) -> None:
+    def __init__(self, data_cfg: Any, interval: str, batch_tokens: int | None = None) -> None:
         from composer.core import Time
 
         self.data_cfg = data_cfg
         self.interval = Time.from_timestring(interval)
-        self.batch_tokens = batch_tokens
+        ev = data_cfg.eval
+        # data.eval.batch_size sequences of the eval length per forward pass
+        self.batch_tokens = batch_tokens or ev.batch_size * (ev.max_seq_len or data_cfg.max_seq_len)
         self._heldout = None
 
-    def _evaluate(self, state: State, logger: Logger) -> None:
-        from mmbert_train.evaluation import HeldoutSet, evaluate_model
+    def _load(self, model: Any) -> Any:
+        from mmbert_train.evaluation import HeldoutSet
 
-        composer_model = getattr(state.model, "module", state.model)  # DDP wraps the ComposerModel
-        model = composer_model.model
         if self._heldout is None:  # built once: the same masked tokens at every evaluation
             self._heldout = HeldoutSet.from_data_config(
                 self.data_cfg, vocab_size=model.config.vocab_size, mask_token_id=model.config.mask_token_id
             )
-        heldout = self._heldout
+        return self._heldout
+
+    def _evaluate(self, state: State, logger: Logger) -> None:
+        from mmbert_train.evaluation import evaluate_model
+
+        composer_model = getattr(state.model, "module", state.model)  # DDP wraps the ComposerModel
+        model = composer_model.model
+        heldout = self._load(model)
         report = evaluate_model(model, heldout, heldout.groups, batch_tokens=self.batch_tokens)
         metrics: dict[str, float] = {}
         for language in heldout.reported:
@@ -147,6 +204,11 @@ class HeldoutEval(Callback):
             metrics[f"eval/group/{name}/loss"] = group.score.loss
             metrics[f"eval/group/{name}/accuracy"] = group.score.accuracy
         logger.log_metrics(metrics)
+
+    def fit_start(self, state: State, logger: Logger) -> None:
+        """Read the held-out set before the first batch: a problem with it stops the run now, not after the
+        phase has trained."""
+        self._load(getattr(state.model, "module", state.model).model)
 
     def batch_end(self, state: State, logger: Logger) -> None:
         unit_value = state.timestamp.get(self.interval.unit).value

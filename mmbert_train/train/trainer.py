@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,8 @@ from mmbert_train.train.callbacks import (
     HeldoutEval,
     LoadOptimizerState,
     ModelConfigRecorder,
+    NonFiniteLossGuard,
+    SaveFolderLock,
 )
 from mmbert_train.train.composer_model import MMBertComposerModel
 from mmbert_train.train.gloo_compat import enable_avg_reductions_on_gloo
@@ -42,6 +45,7 @@ log = logging.getLogger(__name__)
 # architecture fields a checkpoint must share with the recipe's preset (the rest may be overridden per phase)
 SHAPE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
 RECIPE_FILENAME = "recipe.yaml"
+LOCK_FILENAME = ".lock"
 
 
 class TrainSetupError(ValueError):
@@ -195,6 +199,126 @@ def _save_recipe(recipe: Recipe, folder: str) -> None:
     atomic_write_text(Path(folder) / RECIPE_FILENAME, recipe_to_yaml(recipe))
 
 
+def _launcher_rank() -> int:
+    """This process's global rank as the launcher set it (Composer's dist is not set up before the Trainer)."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
+# locks this process holds, by save folder: a new trainer on the same folder takes its predecessor's lock over
+_HELD_LOCKS: dict[Path, SaveFolderLock] = {}
+
+
+def _lock_save_folder(folder: Path) -> SaveFolderLock:
+    """One `mmbert train` per save folder: a second run on the folder is refused, naming the holder; the lock of
+    a run that died (``kill -9`` too) is taken over."""
+    from mmbert_train.locks import FileLock
+
+    key = folder.resolve()
+    previous = _HELD_LOCKS.pop(key, None)
+    if previous is not None:
+        previous.release()  # this process built an earlier trainer on the folder: that one is abandoned
+    lock = FileLock(folder / LOCK_FILENAME, command="mmbert train")
+    taken_over = lock.acquire()
+    if taken_over is not None:
+        log.warning(
+            "took over the lock of %s left by %s, which is no longer running", folder, taken_over.describe()
+        )
+    holder = SaveFolderLock(lock)
+    _HELD_LOCKS[key] = holder
+    return holder
+
+
+@dataclass
+class ResumePlan:
+    """What a run found in its save folder before the trainer was built (see `mmbert_train.train.resume`)."""
+
+    lock: SaveFolderLock | None = None
+    saved_recipe: str | None = None  # the folder's recipe.yaml as it was before this run
+    resume_from: Path | None = None  # rank 0: the newest complete checkpoint
+
+
+def prepare_save_folder(recipe: Recipe) -> ResumePlan:
+    """Lock the save folder, set aside incomplete checkpoints, point ``latest`` at the newest complete one, and
+    refuse a relaunch whose recipe changes what a resume cannot apply (before the saved recipe is touched)."""
+    from mmbert_train.train.resume import check_resume, install_atomic_checkpoint_writes, repair_save_folder
+
+    plan = ResumePlan()
+    cfg = recipe.trainer
+    if cfg.save_folder is None:
+        return plan
+    install_atomic_checkpoint_writes()
+    folder = Path(cfg.save_folder)
+    saved = folder / RECIPE_FILENAME
+    if _launcher_rank() != 0:
+        plan.saved_recipe = saved.read_text(encoding="utf-8") if saved.is_file() else None
+        return plan
+    folder.mkdir(parents=True, exist_ok=True)
+    plan.lock = _lock_save_folder(folder)
+    try:
+        found = repair_save_folder(folder)
+        plan.resume_from = found.resume_from
+        plan.saved_recipe = saved.read_text(encoding="utf-8") if saved.is_file() else None
+        if found.resume_from is None:
+            return plan
+        if not cfg.autoresume and not cfg.save_overwrite:
+            raise TrainSetupError(
+                f"trainer.save_folder {folder} holds checkpoints up to batch {found.batch} and "
+                "trainer.autoresume is false: set trainer.autoresume=true to continue them, "
+                "trainer.save_overwrite=true to start over in this folder, or use another folder"
+            )
+        if cfg.autoresume:
+            if plan.saved_recipe is None:
+                log.warning(
+                    "%s has checkpoints but no %s: cannot check that this recipe is the run being resumed",
+                    folder,
+                    RECIPE_FILENAME,
+                )
+            else:
+                check_resume(saved, recipe_to_yaml(recipe), found.resume_from, found.batch)
+    except BaseException:
+        plan.lock.release()
+        _HELD_LOCKS.pop(folder.resolve(), None)
+        raise
+    return plan
+
+
+def apply_resumed_recipe(trainer: Trainer, recipe: Recipe, saved_recipe: str | None) -> None:
+    """After Composer loaded the save folder's checkpoint: the new recipe's optimizer lr / max_lr / weight decay
+    go into the loaded param groups and LR schedulers (the checkpoint carried the old ones)."""
+    import yaml
+
+    from mmbert_train.config import OptimizerConfig
+    from mmbert_train.schema import from_dict
+    from mmbert_train.train.resume import apply_optimizer_changes
+
+    if saved_recipe is None or int(trainer.state.timestamp.batch) == 0:
+        return
+    old_section = (yaml.safe_load(saved_recipe) or {}).get("optimizer")
+    if not isinstance(old_section, dict):
+        return
+    old = from_dict(
+        OptimizerConfig, old_section, f"{recipe.trainer.save_folder}/{RECIPE_FILENAME}: optimizer"
+    )
+    new = recipe.optimizer
+    if (old.lr, old.max_lr, old.weight_decay) == (new.lr, new.max_lr, new.weight_decay):
+        return
+    lines = apply_optimizer_changes(trainer.state, old, new)
+    log.warning(
+        "resumed at batch %d with a new optimizer setting (lr %g -> %g, weight_decay %g -> %g, max_lr %s -> %s): %s",
+        int(trainer.state.timestamp.batch),
+        old.lr,
+        new.lr,
+        old.weight_decay,
+        new.weight_decay,
+        old.max_lr,
+        new.max_lr,
+        "; ".join(lines),
+    )
+
+
 def build_trainer(
     recipe: Recipe,
     *,
@@ -206,9 +330,46 @@ def build_trainer(
 ) -> Trainer:
     """The Composer `Trainer` for one phase. ``train_dataloader`` / ``eval_dataloader`` replace the recipe's
     data (tests use fixed, pre-packed batches); ``trainer_kwargs`` go to `Trainer` as they are."""
+    from mmbert_train.train.preflight import check_recipe_files, check_shards
+
+    check_recipe_files(recipe, recipe.name)
+    from mmbert_train.config import check_microbatch_split
+
+    check_microbatch_split(recipe, dist.get_world_size(), recipe.name)  # this run's ranks, launcher or not
+    local_mds = all(
+        s.kind != "published" and getattr(s, "path", None) is None for s in recipe.data.sources.values()
+    )
+    if train_dataloader is None and recipe.data.remote is None and local_mds:
+        check_shards(
+            recipe.data.root, recipe.name
+        )  # our own MDS under data.root (published data is read as is)
     device = resolve_device(recipe)
     precision = resolve_precision(recipe, device)
     world_size = dist.get_world_size()
+    plan = prepare_save_folder(recipe)
+    try:
+        return _build_trainer(
+            recipe, plan, device, precision, world_size, train_dataloader, eval_dataloader, callbacks, loggers,
+            trainer_kwargs,
+        )  # fmt: skip
+    except BaseException:
+        if plan.lock is not None:
+            plan.lock.release()
+        raise
+
+
+def _build_trainer(
+    recipe: Recipe,
+    plan: ResumePlan,
+    device: str,
+    precision: str,
+    world_size: int,
+    train_dataloader: DataSpec | None,
+    eval_dataloader: Sequence[Evaluator] | None,
+    callbacks: Sequence[Any],
+    loggers: Sequence[Any] | None,
+    trainer_kwargs: dict[str, Any],
+) -> Trainer:
     model, optim_state = build_model(recipe)
     torch_device = torch.device("cuda" if device == "gpu" else device)
     check_trainable(resolve_backend(model.config.attn_backend, torch_device), torch_device)
@@ -224,6 +385,10 @@ def build_trainer(
     )  # Composer evaluators a caller brings; held-out eval is a callback
 
     all_callbacks: list[Any] = [ModelConfigRecorder(model.config), LRMonitor(), SpeedMonitor(window_size=50)]
+    if not recipe.trainer.allow_nonfinite_loss:
+        all_callbacks.append(NonFiniteLossGuard())
+    if plan.lock is not None:
+        all_callbacks.append(plan.lock)
     if recipe.logging.packing_efficiency:
         all_callbacks.append(BatchMetricsLogger())
     if optim_state is not None:
@@ -233,8 +398,6 @@ def build_trainer(
     all_callbacks.extend(callbacks)
 
     trainer_cfg = recipe.trainer
-    if trainer_cfg.save_folder is not None:
-        _save_recipe(recipe, trainer_cfg.save_folder)
     per_rank_batch = max(1, trainer_cfg.global_batch_size // world_size)
     kwargs: dict[str, Any] = dict(
         model=composer_model,
@@ -265,11 +428,20 @@ def build_trainer(
         console_log_interval=trainer_cfg.log_interval,
     )
     kwargs.update(trainer_kwargs)
-    return Trainer(**kwargs)
+    trainer = Trainer(**kwargs)  # loads the save folder's newest complete checkpoint (autoresume)
+    apply_resumed_recipe(trainer, recipe, plan.saved_recipe)
+    if trainer_cfg.save_folder is not None:
+        _save_recipe(recipe, trainer_cfg.save_folder)  # only now: the saved one described the checkpoint
+    return trainer
 
 
 def train(recipe: Recipe, **kwargs: Any) -> Trainer:
     """Build the trainer and run the phase to ``trainer.max_duration``; returns the fitted trainer."""
     trainer = build_trainer(recipe, **kwargs)
-    trainer.fit()
+    try:
+        trainer.fit()
+    finally:
+        for callback in trainer.state.callbacks:
+            if isinstance(callback, SaveFolderLock):
+                callback.release()
     return trainer
