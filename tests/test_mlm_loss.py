@@ -57,7 +57,11 @@ def test_loss_counts_and_all_gradients_equal_the_plain_path(seed, chunk):
     expected_correct = int((plain.logits.argmax(-1) == labels[labels != -100]).sum())
     assert int(chunked.num_correct) == expected_correct and int(chunked.num_labelled) == n
     for name, grad in plain_grads.items():
-        assert_close_relative(chunked_grads[name], grad, 1e-6, name)
+        # The head's own gradients (what the chunked op computes) agree to 1e-6. Below the head, fp32 backprop
+        # through the layers amplifies the ~1e-7 rounding difference of the hidden-state gradient: the deepest norm
+        # weights land at 1.0-1.1e-6 on some torch builds (2.14), so layer parameters get 1e-5.
+        rel = 1e-5 if name.startswith("model.layers.") else 1e-6
+        assert_close_relative(chunked_grads[name], grad, rel, name)
 
 
 def test_direct_call_equals_cross_entropy_of_full_logits_in_float64():
