@@ -123,7 +123,7 @@ def measure(config: dict, rows: int, seq_len: int, max_docs: int, steps: int = 2
     }
 
 
-def estimate(config: dict, result: dict, head: str = "plain") -> dict:
+def estimate(config: dict, result: dict, head: str = "chunked") -> dict:
     from mmbert_train.memory import StepShape, TrainingSetup, estimate_step_memory
     from mmbert_train.model import ModelConfig
 
@@ -133,7 +133,10 @@ def estimate(config: dict, result: dict, head: str = "plain") -> dict:
         doc_len=result["doc_len"],
         bucket_padding=result["bucket_padding"],
     )
-    setup = TrainingSetup(precision="fp32", backend=config.get("attn_backend", "sdpa"), head=head)
+    chunk = ModelConfig(**config).loss_chunk_size  # the model measured in the child uses its own chunk size
+    setup = TrainingSetup(
+        precision="fp32", backend=config.get("attn_backend", "sdpa"), head=head, chunk_size=int(chunk)
+    )
     est = estimate_step_memory(ModelConfig(**config), shape, setup)
     return {"estimate": est.peak, "dominant": est.dominant, "terms": est.terms}
 
@@ -149,7 +152,7 @@ def run_child(config: dict, rows: int, seq_len: int, max_docs: int) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def validate(indices: list[int], head: str = "plain") -> list[dict]:
+def validate(indices: list[int], head: str = "chunked") -> list[dict]:
     rows_out = []
     for index in indices:
         name, overrides, rows, seq_len, max_docs = CONFIGS[index]

@@ -76,6 +76,28 @@ def _holder_is_alive(holder: LockHolder | None) -> bool:
     return holder.pid != os.getpid() and pid_alive(holder.pid)
 
 
+ORPHAN_GRACE_SECONDS = 15.0  # how long the children of a dead holder get to die before the lock is refused
+
+
+def _flock_waiting_for_orphans(fd: int, path: Path) -> None:
+    """``flock(fd, LOCK_EX | LOCK_NB)``; while it is busy only because the recorded holder (on this host) is dead
+    and its children, which inherited the lock, are still dying (they die with their parent, but a busy machine
+    takes a moment to deliver and act on that signal), retry for up to :data:`ORPHAN_GRACE_SECONDS`."""
+    deadline = time.monotonic() + ORPHAN_GRACE_SECONDS
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            holder = read_lock_holder(path)
+            orphaned = (
+                holder is not None and holder.host == socket.gethostname() and not pid_alive(holder.pid)
+            )
+            if not orphaned or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 class FileLock:
     """An exclusive, non-blocking lock on ``path`` (see the module docstring); use :func:`exclusive_lock`."""
 
@@ -109,7 +131,7 @@ class FileLock:
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                _flock_waiting_for_orphans(fd, self.path)
             except BlockingIOError:
                 os.close(fd)
                 raise self._refuse(read_lock_holder(self.path)) from None

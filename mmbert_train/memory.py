@@ -41,8 +41,11 @@ fp32 also under autocast, so the residual stream is fp32) and of the compute dty
 The head runs on the ``M`` masked tokens: it saves ``4 M h`` (dense input, its output, gelu, norm output). With the
 plain loss the logits ``(M, V)`` stay alive (Composer keeps the outputs for the metrics) next to the fp32
 log-softmax autograd saves, and the backward adds the fp32 gradients of both: ``M V (c + 3 r)`` bytes
-(``r`` = 4). The chunked loss (`mmbert_train.model.mlm_loss`) holds one chunk of ``C = min(M, chunk)`` rows at a
-time: ``C V (c + r)`` under autocast (logits + fp32 copy; fp32 softmax + its cast), ``2 C V r`` in fp32.
+(``r`` = 4). The chunked loss (`mmbert_train.model.mlm_loss`) computes its gradients inside the forward chunk loop:
+it holds one chunk of ``C = min(M, chunk)`` rows of logits at a time (``C V (c + r)`` under autocast: logits + their
+fp32 copy; ``2 C V r`` in fp32, logits and their softmax), the fp32 accumulator of the embedding-matrix gradient ``V h r`` (under autocast also
+a compute-dtype copy of the embeddings and the gradient in that dtype, ``2 V h c``) and the hidden-state gradient
+``M h r``, kept from the forward to the backward.
 
 `largest_microbatch` searches the rows per microbatch whose estimate stays within ``memory * (1 - headroom)``;
 the headroom (10% by default) covers what is not a tensor of the step: the CUDA context, NCCL buffers, the
@@ -276,10 +279,9 @@ def _attention_elements(
         return 4.0 * h, lse
     if s.backend == "eager":
         return 3.0 * h * shape.bucket_padding, heads * float(shape.doc_len)
-    block_local = not is_global and shape.doc_len > 4 * max(c.window_half, 1)
-    if block_local:
-        return 8.0 * h, lse
-    return 4.0 * h * shape.bucket_padding, lse * shape.bucket_padding
+    # sdpa (one custom op for buckets and block-local windows) saves only q, k and v for its backward and
+    # re-gathers / recomputes the rest there
+    return 3.0 * h, 0.0
 
 
 def _activations(c: ModelConfig, s: TrainingSetup, shape: StepShape) -> dict[str, float]:
@@ -315,12 +317,17 @@ def _head(c: ModelConfig, s: TrainingSetup, shape: StepShape) -> dict[str, float
     saved = m * (cb * 4.0 * h + r * 4.0)
     if s.head == "plain":
         logits = m * v * (cb + 3.0 * r)
-    else:
-        # one chunk at a time: its logits (compute dtype) + their fp32 copy in forward, the recomputed fp32
-        # softmax + its compute-dtype gradient in backward; in fp32 the copy and the cast are the same tensor
-        logits = min(m, float(s.chunk_size)) * v * (cb + r if cb != r else 2.0 * r)
-    label = "head logits (plain loss)" if s.head == "plain" else f"head logits (chunks of {s.chunk_size})"
-    return {"head activations": saved, label: logits}
+        return {"head activations": saved, "head logits (plain loss)": logits}
+    # one chunk of logits at a time (compute dtype + fp32 copy; in fp32 one tensor), and the gradients the forward
+    # loop computes and keeps for the backward: the fp32 embedding-gradient accumulator, under autocast a
+    # compute-dtype copy of the embeddings and the gradient in that dtype, and the hidden-state gradient
+    logits = min(m, float(s.chunk_size)) * v * (cb + r if cb != r else 2.0 * r)  # + the chunk's fp32 softmax
+    buffers = v * h * r + (2.0 * v * h * cb if cb != r else 0.0) + m * h * r
+    return {
+        "head activations": saved,
+        f"head logits (chunks of {s.chunk_size})": logits,
+        "head gradient buffers (chunked loss)": buffers,
+    }
 
 
 def estimate_step_memory(config: ModelConfig, shape: StepShape, setup: TrainingSetup) -> MemoryEstimate:

@@ -500,6 +500,8 @@ def test_add_languages_recipe_trains_on_fixtures(tmp_path, monkeypatch):
 
     recipe = Path(__file__).parents[1] / "recipes" / "continue" / "add_languages.yaml"
     monkeypatch.chdir(tmp_path)
+    # the shipped recipes name their language files from the repository root (recipes/languages/...)
+    (tmp_path / "recipes").symlink_to(recipe.parents[1])
     replay = tmp_path / "data" / "published" / "mmBERT-decay-data" / "train"
     write_tree(replay)
     own = own_corpus(tmp_path / "data" / "mds")
