@@ -8,7 +8,8 @@ runs and tests, :func:`train_tokenizer` builds a SentencePiece-style BPE with th
   that one exception);
 * byte fallback: the 256 tokens ``<0x00>`` .. ``<0xFF>`` are in the vocabulary, so a character the merges never
   saw becomes its UTF-8 bytes instead of ``<unk>``;
-* special ids as in Gemma 2: ``<pad>`` 0, ``<eos>`` 1, ``<bos>`` 2, ``<unk>`` 3, ``<mask>`` 4, bytes from 5;
+* special ids as in Gemma 2: ``<pad>`` 0, ``<eos>`` 1, ``<bos>`` 2, ``<unk>`` 3, ``<mask>`` 4, bytes from 5
+  (the mask takes the space before it, so it stands for a whole ``▁word`` piece);
   the post-processor wraps a sequence as ``<bos> ... <eos>``.
 
 Language balance: each language (a ``<language>`` folder, script suffix dropped, summed over sources) contributes
@@ -147,6 +148,12 @@ def build_tokenizer(texts, vocab_size: int, show_progress: bool = False):
     # byte fallback, and decoding with skip_special_tokens keeps them.
     spec = json.loads(tok.to_str())
     spec["added_tokens"] = [t for t in spec["added_tokens"] if t["content"] not in set(BYTE_TOKENS)]
+    # The mask takes the space before it, as ModernBERT's and RoBERTa's tokenizers do: "in <mask> and" is
+    # "in", <mask>, "▁and", so the mask stands for a whole "▁word" piece. Without it a lone "▁" precedes the mask
+    # and a fill-mask query asks for a word-internal piece the model never saw after "▁".
+    for token in spec["added_tokens"]:
+        if token["content"] == SPECIAL_TOKENS["mask"]:
+            token["lstrip"] = True
     tok = Tokenizer.from_str(json.dumps(spec))
     bos, eos = SPECIAL_TOKENS["bos"], SPECIAL_TOKENS["eos"]
     tok.post_processor = processors.TemplateProcessing(
@@ -159,6 +166,7 @@ def build_tokenizer(texts, vocab_size: int, show_progress: bool = False):
 
 def save_tokenizer(tok, out_dir: Path, max_length: int = 8192):
     """Save as a folder that ``AutoTokenizer.from_pretrained`` loads with all special tokens set."""
+    from tokenizers import AddedToken
     from transformers import PreTrainedTokenizerFast
 
     hf = PreTrainedTokenizerFast(
@@ -167,7 +175,7 @@ def save_tokenizer(tok, out_dir: Path, max_length: int = 8192):
         eos_token=SPECIAL_TOKENS["eos"],
         bos_token=SPECIAL_TOKENS["bos"],
         unk_token=SPECIAL_TOKENS["unk"],
-        mask_token=SPECIAL_TOKENS["mask"],
+        mask_token=AddedToken(SPECIAL_TOKENS["mask"], lstrip=True, rstrip=False, normalized=False, special=True),
         cls_token=SPECIAL_TOKENS["bos"],  # mmBERT: cls = bos, sep = eos
         sep_token=SPECIAL_TOKENS["eos"],
         clean_up_tokenization_spaces=False,

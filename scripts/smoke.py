@@ -6,7 +6,8 @@
 Every step runs the command a user would run (``mmbert ...``, ``python train.py ...``). Before and after each
 phase the held-out text of the phase's languages is scored at ONE fixed mask ratio and seed (data.eval in
 recipes/smoke/_common.yaml), so the numbers compare across phases whose training mask ratios differ; the run fails
-unless the loss falls in every phase. The last line is ``final model: <Hugging Face directory>``.
+unless the loss falls in every phase and pre-training clearly beats a unigram model (top-1 accuracy at least twice
+its, loss 0.5 nats lower). The last line is ``final model: <Hugging Face directory>``.
 
 Prepared data is reused on a rerun (each prep step skips finished work); checkpoints, merge and export are
 redone from scratch.
@@ -15,6 +16,7 @@ redone from scratch.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import subprocess
@@ -36,7 +38,10 @@ PHASES = [  # (name, recipe); the three decays start from the same midtrain chec
     ("decay_cont", "recipes/smoke/decay_cont.yaml"),
     ("decay_all", "recipes/smoke/decay.yaml"),
 ]
-FILL_MASK_TEXT = "All human beings are born free and equal in <mask> and rights."
+# UDHR Article 3, a training text. A 4 x 64 model after a few hundred steps fills frequent words from their
+# context ("the" after "has" and before "right"), not rarer ones such as "dignity" (three tokens here anyway).
+FILL_MASK_TEXT = "Everyone has <mask> right to life, liberty and security of person."
+FILL_MASK_ANSWER = "the"
 
 BIN = Path(sys.executable).parent
 MMBERT = [str(BIN / "mmbert")] if (BIN / "mmbert").exists() else [sys.executable, "-m", "mmbert_train.cli"]
@@ -247,9 +252,22 @@ def print_table(rows: list[dict]) -> bool:
     return ok
 
 
+def learned_beyond_unigram(row: dict) -> bool:
+    """Print what pre-training achieved against the unigram model; True when it clearly used the context: held-out
+    loss at least 0.5 nats below the unigram model's and top-1 accuracy at least twice its."""
+    (loss, accuracy), (unigram_loss, unigram_accuracy) = row["after"], row["unigram"]
+    print(
+        f"\nafter pre-training, held-out masked tokens: top-1 accuracy {accuracy:.1%} vs the unigram model's "
+        f"{unigram_accuracy:.1%} ({accuracy / max(unigram_accuracy, 1e-9):.1f}x), loss {unigram_loss - loss:.2f} "
+        f"nats lower (perplexity {math.exp(loss):.0f} vs {math.exp(unigram_loss):.0f})"
+    )
+    return loss <= unigram_loss - 0.5 and accuracy >= 2 * unigram_accuracy
+
+
 def print_fill_mask(predictions: list[tuple[str, float]]) -> None:
     print(
-        f"\nfill-mask on the final model: {FILL_MASK_TEXT!r} (Article 1 of the UDHR; the answer is 'dignity')"
+        f"\nfill-mask on the final model: {FILL_MASK_TEXT!r} (Article 3 of the UDHR, a training text; "
+        f"the answer is {FILL_MASK_ANSWER!r})"
     )
     print("  " + ", ".join(f"{token.strip()!r} {score:.0%}" for token, score in predictions))
 
@@ -274,10 +292,14 @@ def main(argv: list[str] | None = None) -> int:
     rows = train_phases(scorer)
     export = merge_and_export(rows, scorer)
     ok = print_table(rows)
+    learned = learned_beyond_unigram(rows[0])
     print_fill_mask(fill_mask_predictions(export))
     print(f"\nsmoke chain took {time.perf_counter() - started:.0f} s")
     if not ok:
         print("error: the held-out loss did not fall in every phase", file=sys.stderr)
+        return 1
+    if not learned:
+        print("error: pre-training did not clearly beat the unigram model on held-out text", file=sys.stderr)
         return 1
     print(f"final model: {export.resolve()}")
     return 0

@@ -64,6 +64,22 @@ def test_post_processor_adds_bos_and_eos(trained):
     assert ids[1:-1] == tok("hello world", add_special_tokens=False)["input_ids"]
 
 
+def test_mask_takes_the_space_before_it(trained):
+    """"in <mask> and" is "in", <mask>, "▁and": the mask stands for a whole word piece, as in training data, not a
+    lone "▁" followed by the mask (which would ask fill-mask for a word-internal piece)."""
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
+
+    for tok in (AutoTokenizer.from_pretrained(str(trained)), load_tokenizer(str(trained))):
+        ids = tok("equal in <mask> and rights")["input_ids"]
+        pieces = tok.convert_ids_to_tokens(ids)
+        mask = pieces.index("<mask>")
+        assert pieces[mask - 1] != "▁" and pieces[mask - 1].endswith("in")
+        assert pieces[mask + 1].startswith("▁")
+    raw = Tokenizer.from_file(str(trained / "tokenizer.json"))
+    assert raw.encode("a <mask> b").tokens.count("▁") == 0
+
+
 @pytest.mark.parametrize("script", sorted(SCRIPTS))
 def test_round_trip_without_unk(trained, script):
     from transformers import AutoTokenizer

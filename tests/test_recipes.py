@@ -265,6 +265,8 @@ def snapshot_in_current_form(recipe: Path) -> str:
     * ``model.loss_chunk_size`` (a later model field, the chunked loss) appears with its default.
 
     Keys added to the schema since then appear with their defaults (``trainer.allow_nonfinite_loss: false``).
+    Values changed on purpose since are changed in the snapshot files themselves (the smoke chain's LR, local
+    window, pre-training length and English share: recipes/smoke/_common.yaml and _pretrain.yaml say why).
     """
     import yaml
     from omegaconf import OmegaConf
