@@ -282,6 +282,7 @@ def compile_benchmark(args) -> dict:
     seconds = interleaved(models, fns, timed, args.repeats, "cpu", warmup=0, best=args.best)
     tokens = statistics.mean(int(b["attention_mask"].sum()) for b in timed)
     tps = {name: round(tokens / s, 1) for name, s in seconds.items()}
+    share = extern_kernel_share(functools.partial(step, "eager"), timed)
     return {
         "config": "6 layers x 256, vocab 32,000, sdpa, fp32",
         "batches": f"{args.batch} x 512 packed, 1-15 documents per row, 30% masked",
@@ -292,8 +293,28 @@ def compile_benchmark(args) -> dict:
         "graphs": frames,
         "recompilations_after_warmup": backend.frame_count - frames,
         "graph_breaks": sum(counters["graph_break"].values()),
+        # What compilation cannot speed up: inductor calls the matmul and SDPA kernels as they are.
+        "eager_time_in_matmul_and_sdpa_kernels": round(share, 3),
+        "compile_speedup_bound": round(1.0 / share, 3),
         "target": ">= 1.2 (never < 1.0)",
     }
+
+
+EXTERN_KERNELS = ("aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::_scaled_dot_product")
+
+
+def extern_kernel_share(step, batches) -> float:
+    """Share of an eager step's self CPU time spent in matmul and SDPA kernels (torch.profiler): the part that
+    compiled code runs unchanged, so ``1 / share`` bounds what compilation can gain (Amdahl)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for batch in batches:
+            step(batch)
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    extern = sum(e.self_cpu_time_total for e in events if e.key.startswith(EXTERN_KERNELS))
+    return extern / total
 
 
 # ---- head memory at a 256k vocabulary (CPU) -----------------------------------------------------------------

@@ -85,6 +85,37 @@ def test_direct_call_equals_cross_entropy_of_full_logits_in_float64():
         linear_cross_entropy(h, w, b, t, chunk_size=0)
 
 
+def test_compiled_chunks_equal_eager_and_do_not_recompile_as_the_labelled_count_changes():
+    """`compile_regions` asks the loss op to compile each chunk's softmax gradient (inductor): the same loss,
+    counts and gradients as eager (fp32, 1e-5), and one graph for every chunk length (dynamic) except a chunk of
+    one labelled token, which torch.compile specialises once (sizes 0 and 1 are never dynamic)."""
+    from torch._dynamo.utils import counters
+
+    from mmbert_train.model.mlm_loss import _fused_chunk
+
+    gen = torch.Generator().manual_seed(3)
+    hidden, vocab, chunk = 16, 203, 24
+    w = torch.randn(vocab, hidden, generator=gen, requires_grad=True)
+    b = torch.randn(vocab, generator=gen, requires_grad=True)
+    _fused_chunk.cache_clear()
+    torch._dynamo.reset()
+    start, frames = counters["stats"]["unique_graphs"], []
+    for n in (61, 50, 97, 30, 75):  # chunks of 24 and a remainder 13, 2, 1, 6, 3
+        h = torch.randn(n, hidden, generator=gen, requires_grad=True)
+        t = torch.randint(0, vocab, (n,), generator=gen)
+        results = {}
+        for backend in ("", "inductor"):
+            loss_sum, correct = linear_cross_entropy(h, w, b, t, chunk_size=chunk, compile_backend=backend)
+            results[backend] = (loss_sum, correct, *torch.autograd.grad(2.0 * loss_sum, (h, w, b)))
+        eager, fused = results[""], results["inductor"]
+        assert int(fused[1]) == int(eager[1])
+        for got, ref, name in zip(fused[:1] + fused[2:], eager[:1] + eager[2:], ["loss", "h", "w", "b"]):
+            assert_close_relative(got, ref, 1e-5, name)
+        frames.append(counters["stats"]["unique_graphs"] - start)
+    # chunk lengths 24, 13 | 24, 2 | 24, 1 (the one specialisation) | 24, 6 | 24, 3
+    assert frames == [1, 1, 2, 2, 2], frames
+
+
 def test_empty_selection_gives_zero_loss_and_zero_gradients_like_the_plain_path():
     config = ModelConfig.preset("tiny", loss_chunk_size=8)
     model = MMBertForMaskedLM(config)

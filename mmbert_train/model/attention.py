@@ -220,25 +220,30 @@ def _gathered_sdpa(q, k, v, q_index, k_index, mask, out_index, meta, dropout_p: 
             *(t.view(rows, length, heads, dim).transpose(1, 2) for t in (q, k, v)), dropout_p=dropout_p
         )
         return out.transpose(1, 2).reshape(q.shape)
-    qs, ks, vs = q[q_index], k[k_index], v[k_index]
-    outs, q_off, k_off, m_off = [], 0, 0, 0
-    for r in range(n_rects):
-        rows, q_len, k_len, kind = values[2 + 4 * r : 6 + 4 * r]
+    # index_select, not advanced indexing: its backward is index_add_, ~3x faster on CPU than the accumulating
+    # index_put_ that q[index]'s backward runs (block-local keys repeat each token 3 times).
+    qs, ks, vs = q.index_select(0, q_index), k.index_select(0, k_index), v.index_select(0, k_index)
+    rects = [values[2 + 4 * r : 6 + 4 * r] for r in range(n_rects)]  # (rows, q_len, k_len, kind)
+    # split, not slices: a slice's backward writes its gradient into zeros the size of the whole stream, once per
+    # rectangle; split's backward is one concatenation.
+    q_parts = qs.split([rows * q_len for rows, q_len, _, _ in rects])
+    k_sizes = [rows * k_len for rows, _, k_len, _ in rects]
+    outs, m_off = [], 0
+    for (rows, q_len, k_len, kind), q_r, k_r, v_r in zip(rects, q_parts, ks.split(k_sizes), vs.split(k_sizes)):
         rect_mask = None
         if kind >= 0:
             shape = (rows, 1, q_len if kind == 1 else 1, k_len)
             size = shape[0] * shape[2] * shape[3]
             rect_mask, m_off = mask[m_off : m_off + size].view(shape), m_off + size
         out = F.scaled_dot_product_attention(
-            qs[q_off : q_off + rows * q_len].view(rows, q_len, heads, dim).transpose(1, 2),
-            ks[k_off : k_off + rows * k_len].view(rows, k_len, heads, dim).transpose(1, 2),
-            vs[k_off : k_off + rows * k_len].view(rows, k_len, heads, dim).transpose(1, 2),
+            q_r.view(rows, q_len, heads, dim).transpose(1, 2),
+            k_r.view(rows, k_len, heads, dim).transpose(1, 2),
+            v_r.view(rows, k_len, heads, dim).transpose(1, 2),
             attn_mask=rect_mask,
             dropout_p=dropout_p,
         )
         outs.append(out.transpose(1, 2).reshape(rows * q_len, heads, dim))
-        q_off, k_off = q_off + rows * q_len, k_off + rows * k_len
-    return torch.cat(outs)[out_index]
+    return torch.cat(outs).index_select(0, out_index)
 
 
 @torch.library.custom_op("mmbert::gathered_sdpa", mutates_args=())

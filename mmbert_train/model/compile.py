@@ -48,6 +48,10 @@ def compile_regions(model: MMBertForMaskedLM, **torch_compile_kwargs: Any) -> MM
     _bind(model.model.embeddings, "forward", torch.compile(MMBertEmbeddings.forward, **kwargs))
     _bind(model.model.final_norm, "forward", torch.compile(type(model.model.final_norm).forward, **kwargs))
     _bind(model, "masked_lm_loss", torch.compile(MMBertForMaskedLM.masked_lm_loss, **kwargs))
+    # The loss op's chunk loop stays opaque (its length depends on the batch); each chunk's softmax gradient is
+    # compiled inside it with the same backend when that is named by string (inductor by default).
+    backend = kwargs.get("backend", "inductor")
+    model.loss_compile_backend = backend if isinstance(backend, str) else "inductor"
     model.regions_compiled = True
     model.model.regions_compiled = True
     return model

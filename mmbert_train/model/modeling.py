@@ -240,6 +240,7 @@ class MMBertForMaskedLM(nn.Module):
             targets,
             self.config.loss_chunk_size,
             compute_dtype,
+            getattr(self, "loss_compile_backend", ""),
         )
 
     def _check_ids(self, batch: FlatBatch) -> None:
