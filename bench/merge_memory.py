@@ -63,7 +63,7 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=256)
     args = parser.parse_args()
 
-    from mmbert_train.merge.testing import random_state, write_hf_dir
+    from mmbert_train.checkpoints.testing import random_state, write_hf_dir
     from mmbert_train.model import ModelConfig
 
     config = ModelConfig(

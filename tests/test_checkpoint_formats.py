@@ -17,10 +17,10 @@ from tokenizers import Tokenizer
 
 from data_prep.testing import make_tokenizer
 from mmbert_train.checkpoints import CheckpointError, detect_format, load_pretrained, open_checkpoint
+from mmbert_train.checkpoints.testing import write_composer_checkpoint, write_dcp_checkpoint
 from mmbert_train.commands.export import export, fill_mask_main
 from mmbert_train.commands.export import main as export_main
 from mmbert_train.commands.merge import main as merge_main
-from mmbert_train.merge.testing import write_composer_checkpoint, write_dcp_checkpoint
 from mmbert_train.model import MMBertForMaskedLM, ModelConfig, save_pretrained
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -9,9 +9,9 @@ import torch
 
 from data_prep.testing import make_tokenizer
 from mmbert_train.checkpoints import CheckpointError, load_pretrained
+from mmbert_train.checkpoints.testing import write_composer_checkpoint, write_dcp_checkpoint
 from mmbert_train.commands.export import export, fill_mask_main
 from mmbert_train.commands.export import main as export_main
-from mmbert_train.merge.testing import write_composer_checkpoint, write_dcp_checkpoint
 from mmbert_train.model import MMBertForMaskedLM, ModelConfig, save_pretrained
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

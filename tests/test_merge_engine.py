@@ -9,15 +9,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mmbert_train.commands.merge import main
-from mmbert_train.merge import MergeError, linear_merge, merge_checkpoints, ties_merge
-from mmbert_train.merge.testing import (
+from mmbert_train.checkpoints.testing import (
     random_state,
     save_with_transformers,
     write_composer_checkpoint,
     write_dcp_checkpoint,
     write_hf_dir,
 )
+from mmbert_train.commands.merge import main
+from mmbert_train.merge import MergeError, linear_merge, merge_checkpoints, ties_merge
 from mmbert_train.model import ModelConfig
 
 CONFIG = ModelConfig.preset("tiny", vocab_size=320)

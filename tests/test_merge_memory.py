@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from mmbert_train.merge.testing import random_state, write_hf_dir
+from mmbert_train.checkpoints.testing import random_state, write_hf_dir
 from mmbert_train.model import ModelConfig
 
 CONFIG = ModelConfig(

@@ -420,6 +420,18 @@ def _wait_for_worker(out: Path, proc: subprocess.Popen, timeout: float = 120) ->
     raise AssertionError("no worker started")
 
 
+@contextlib.contextmanager
+def _running(busy_corpus, out: Path, tokenizer_dir):
+    """A 2-worker run of the busy corpus into ``out`` (its own process group), with the pid of a worker once one
+    is writing a part; on the way out, whatever is left of the run's process group is killed."""
+    proc = _start(busy_corpus, out, tokenizer_dir)
+    try:
+        yield proc, _wait_for_worker(out, proc)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
 def _same_as_reference(busy_corpus, out: Path) -> None:
     assert load_manifest(out)["sources"] == load_manifest(busy_corpus / "ref")["sources"]
     for language in ("eng", "fra"):
@@ -430,15 +442,10 @@ def _same_as_reference(busy_corpus, out: Path) -> None:
 @pytest.mark.slow
 def test_kill_9_of_a_worker_is_a_clear_error_and_the_rerun_finishes(tmp_path, busy_corpus, tokenizer_dir):
     out = tmp_path / "mds"
-    proc = _start(busy_corpus, out, tokenizer_dir)
-    try:
-        worker = _wait_for_worker(out, proc)
+    with _running(busy_corpus, out, tokenizer_dir) as (proc, worker):
         time.sleep(0.5)  # let it report which file it is on
         os.kill(worker, signal.SIGKILL)
         _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 2, err
     assert (
         f"error: worker process {worker} was killed by signal 9 (SIGKILL: kill -9, or the out-of-memory"
@@ -456,9 +463,7 @@ def test_kill_9_of_the_parent_takes_its_workers_along(tmp_path, busy_corpus, tok
     import psutil
 
     out = tmp_path / "mds"
-    proc = _start(busy_corpus, out, tokenizer_dir)
-    try:
-        _wait_for_worker(out, proc)
+    with _running(busy_corpus, out, tokenizer_dir) as (proc, _):
         workers = [p.pid for p in psutil.Process(proc.pid).children()]
         assert len(workers) >= 2
         os.kill(proc.pid, signal.SIGKILL)  # the main process only, not its process group
@@ -467,9 +472,6 @@ def test_kill_9_of_the_parent_takes_its_workers_along(tmp_path, busy_corpus, tok
         while time.monotonic() < deadline and any(map(pid_alive, workers)):
             time.sleep(0.05)
         assert not any(map(pid_alive, workers)), "workers outlived the killed main process"
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
     assert (out / LOCK_NAME).exists()  # what the dead run left: its lock file and half-written parts
     notes = []
     tokenize(busy_corpus / "raw", out, tokenizer_dir, log=notes.append)
@@ -480,16 +482,11 @@ def test_kill_9_of_the_parent_takes_its_workers_along(tmp_path, busy_corpus, tok
 @pytest.mark.slow
 def test_two_concurrent_runs_the_second_is_refused(tmp_path, busy_corpus, tokenizer_dir, capsys):
     out = tmp_path / "mds"
-    proc = _start(busy_corpus, out, tokenizer_dir)
-    try:
-        _wait_for_worker(out, proc)
+    with _running(busy_corpus, out, tokenizer_dir) as (proc, _):
         assert prep_main(cli(busy_corpus / "raw", out, tokenizer_dir)) == 2
         err = capsys.readouterr().err
         assert f"{out} is in use: the lock {out / LOCK_NAME} is held by PID {proc.pid} on host" in err
         assert proc.poll() is None  # the first run goes on, undisturbed
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
     _same_as_reference(busy_corpus, out)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from mmbert_train.data.published import PublishedDataError, plan_source, scan_tree
 from mmbert_train.data.testing import CHUNK_SUFFIX, tree_digest, write_published_tree
@@ -55,6 +56,23 @@ def published_cfg(path, cache, **kw):
     kw = dict(root=str(cache), sources={"decay": source}, max_seq_len=128, mask_ratio=0.3, num_workers=0, cache=str(cache),
               shuffle_seed=5) | kw  # fmt: skip
     return DataConfig(**kw)
+
+
+def published_recipe(tmp_path: Path, root: Path, *, data: dict, **sections) -> Path:
+    """tmp_path/r.yaml: the tiny model on the published tree ``root`` alone (its empty folder excluded), 5%
+    masked; ``data`` adds to the data section, ``sections`` (trainer, optimizer, ...) are written as given."""
+    source = {"kind": "published", "path": str(root), "exclude": [EMPTY]}
+    recipe = {
+        "name": "pub",
+        "phase": "decay",
+        "model": {"preset": "tiny", "vocab_size": VOCAB},
+        "data": {"root": str(tmp_path), "cache": str(tmp_path / "cache"), "sources": {"decay": source},
+                 "mask_ratio": 0.05} | data,
+        **sections,
+    }  # fmt: skip
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
 
 
 def source_of(token: int) -> str | None:
@@ -192,20 +210,11 @@ def test_plan_cli_prints_one_row_per_dataset(tree, tmp_path, capsys):
     from mmbert_train.commands.plan import main
 
     root, tokens = tree
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(
-        textwrap.dedent(f"""
-        name: pub
-        phase: decay
-        model: {{preset: tiny, vocab_size: {VOCAB}}}
-        data:
-          root: {tmp_path}
-          cache: {tmp_path / "cache"}
-          sources: {{decay: {{kind: published, path: {root}, exclude: [{EMPTY}]}}}}
-          max_seq_len: 128
-          mask_ratio: 0.05
-        trainer: {{max_duration: 10000tok, global_batch_size: 4, autoresume: false}}
-    """)
+    recipe = published_recipe(
+        tmp_path,
+        root,
+        data={"max_seq_len": 128},
+        trainer={"max_duration": "10000tok", "global_batch_size": 4, "autoresume": False},
     )
     assert main([str(recipe), "--out", str(tmp_path / "plan")]) == 0
     out = capsys.readouterr().out
@@ -435,23 +444,20 @@ def test_training_and_resume_leave_the_download_byte_identical(tree, tmp_path):
 
     root, _ = tree
     before = tree_digest(root)
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(
-        textwrap.dedent(f"""
-        name: pub
-        phase: decay
-        model: {{preset: tiny, vocab_size: {VOCAB}}}
-        data:
-          root: {tmp_path}
-          cache: {tmp_path / "cache"}
-          sources: {{decay: {{kind: published, path: {root}, exclude: [{EMPTY}]}}}}
-          max_seq_len: 64
-          mask_ratio: 0.05
-          num_workers: 0
-        optimizer: {{lr: 1.0e-3}}
-        trainer: {{max_duration: 3ba, global_batch_size: 4, save_folder: {tmp_path / "ckpt"}, save_interval: 3ba,
-                   progress_bar: false, device: cpu, precision: fp32}}
-    """)
+    recipe = published_recipe(
+        tmp_path,
+        root,
+        data={"max_seq_len": 64, "num_workers": 0},
+        optimizer={"lr": 1.0e-3},
+        trainer={
+            "max_duration": "3ba",
+            "global_batch_size": 4,
+            "save_folder": str(tmp_path / "ckpt"),
+            "save_interval": "3ba",
+            "progress_bar": False,
+            "device": "cpu",
+            "precision": "fp32",
+        },
     )
     assert check(["check", str(root), "--recipe", str(recipe), "--exclude", EMPTY]) == 0
     assert plan([str(recipe), "--out", str(tmp_path / "plan")]) == 0

@@ -32,7 +32,7 @@ import numpy as np
 from mmbert_train.data.mds import COLUMN, MDSError, iter_shard_input_ids
 from mmbert_train.data.published import (
     PublishedDataError,
-    matches_glob,
+    filter_tree,
     scan_tree,
     shard_basename,
     stats_tokens,
@@ -101,17 +101,12 @@ def check_tree(
     except PublishedDataError as err:
         report.problems.append(str(err))
         return report
-    for folder in tree.empty:
-        if not matches_glob(folder, exclude):
-            report.problems.append(
-                f"{tree.root / folder}: holds no MDS dataset (no index.json with shards below it); download it "
-                "or exclude it"
-            )
-    leaves = [
-        leaf
-        for leaf in tree.leaves
-        if (include is None or matches_glob(leaf.path, include)) and not matches_glob(leaf.path, exclude)
-    ]
+    leaves, empty = filter_tree(tree, include, exclude)
+    for folder in empty:
+        report.problems.append(
+            f"{tree.root / folder}: holds no MDS dataset (no index.json with shards below it); download it "
+            "or exclude it"
+        )
     if not leaves:
         report.problems.append(
             f"{tree.root}: no leaf MDS dataset (a folder whose index.json lists its shards)"

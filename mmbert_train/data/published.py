@@ -191,6 +191,19 @@ def scan_tree(root: str | os.PathLike) -> PublishedTree:
     return PublishedTree(root, sorted(leaves, key=lambda x: x.path), sorted(merged), sorted(empty))
 
 
+def filter_tree(
+    tree: PublishedTree, include: Sequence[str] | None = None, exclude: Sequence[str] = ()
+) -> tuple[list[LeafDataset], list[str]]:
+    """The leaves matching ``include`` (None = all) and no ``exclude`` glob, and the data-less folders no
+    ``exclude`` glob matches (globs over paths relative to the root, as :func:`matches_glob` reads them)."""
+    leaves = [
+        leaf
+        for leaf in tree.leaves
+        if (include is None or matches_glob(leaf.path, include)) and not matches_glob(leaf.path, exclude)
+    ]
+    return leaves, [folder for folder in tree.empty if not matches_glob(folder, exclude)]
+
+
 def select_leaves(
     tree: PublishedTree,
     include: Sequence[str] | None = None,
@@ -199,18 +212,13 @@ def select_leaves(
 ) -> list[LeafDataset]:
     """The leaves matching ``include`` (None = all) and no ``exclude`` glob (globs over paths relative to the
     root). A data-less folder that is not excluded is an error naming it."""
-    empty = [e for e in tree.empty if not matches_glob(e, exclude)]
+    chosen, empty = filter_tree(tree, include, exclude)
     if empty:
         shown = ", ".join(repr(e) for e in empty[:10])
         raise PublishedDataError(
             f"{where}: {tree.root} holds folder(s) with no MDS dataset: {shown} (only num_tokens.json or "
             "an unfinished download?); download them or add them to `exclude`"
         )
-    chosen = [
-        leaf
-        for leaf in tree.leaves
-        if (include is None or matches_glob(leaf.path, include)) and not matches_glob(leaf.path, exclude)
-    ]
     if not chosen:
         raise PublishedDataError(
             f"{where}: no leaf MDS dataset under {tree.root}"
