@@ -175,7 +175,9 @@ def save_tokenizer(tok, out_dir: Path, max_length: int = 8192):
         eos_token=SPECIAL_TOKENS["eos"],
         bos_token=SPECIAL_TOKENS["bos"],
         unk_token=SPECIAL_TOKENS["unk"],
-        mask_token=AddedToken(SPECIAL_TOKENS["mask"], lstrip=True, rstrip=False, normalized=False, special=True),
+        mask_token=AddedToken(
+            SPECIAL_TOKENS["mask"], lstrip=True, rstrip=False, normalized=False, special=True
+        ),
         cls_token=SPECIAL_TOKENS["bos"],  # mmBERT: cls = bos, sep = eos
         sep_token=SPECIAL_TOKENS["eos"],
         clean_up_tokenization_spaces=False,

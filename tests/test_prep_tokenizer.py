@@ -65,7 +65,7 @@ def test_post_processor_adds_bos_and_eos(trained):
 
 
 def test_mask_takes_the_space_before_it(trained):
-    """"in <mask> and" is "in", <mask>, "▁and": the mask stands for a whole word piece, as in training data, not a
+    """ "in <mask> and" is "in", <mask>, "▁and": the mask stands for a whole word piece, as in training data, not a
     lone "▁" followed by the mask (which would ask fill-mask for a word-internal piece)."""
     from tokenizers import Tokenizer
     from transformers import AutoTokenizer

@@ -229,7 +229,9 @@ def _gathered_sdpa(q, k, v, q_index, k_index, mask, out_index, meta, dropout_p: 
     q_parts = qs.split([rows * q_len for rows, q_len, _, _ in rects])
     k_sizes = [rows * k_len for rows, _, k_len, _ in rects]
     outs, m_off = [], 0
-    for (rows, q_len, k_len, kind), q_r, k_r, v_r in zip(rects, q_parts, ks.split(k_sizes), vs.split(k_sizes)):
+    for (rows, q_len, k_len, kind), q_r, k_r, v_r in zip(
+        rects, q_parts, ks.split(k_sizes), vs.split(k_sizes)
+    ):
         rect_mask = None
         if kind >= 0:
             shape = (rows, 1, q_len if kind == 1 else 1, k_len)

@@ -144,7 +144,15 @@ _linear_cross_entropy.register_autograd(_backward, setup_context=_setup_context)
 
 @register_flop_formula(torch.ops.mmbert.linear_cross_entropy)
 def _flops(
-    h_shape, weight_shape, bias_shape, targets_shape, chunk_size, with_grad, compile_backend, out_shape=None, **kwargs
+    h_shape,
+    weight_shape,
+    bias_shape,
+    targets_shape,
+    chunk_size,
+    with_grad,
+    compile_backend,
+    out_shape=None,
+    **kwargs,
 ):
     """For torch.utils.flop_counter (MFU checks): the logits matmul, plus dh and dW when the gradients are made."""
     n, hidden = h_shape
