@@ -24,6 +24,7 @@ from mmbert_train.train.resume import (
     compare_recipes,
     install_atomic_checkpoint_writes,
     is_complete_checkpoint,
+    is_complete_sharded_checkpoint,
     repair_save_folder,
 )
 from mmbert_train.train.testing import fixed_data_spec, packed_batches
@@ -261,6 +262,42 @@ def test_no_complete_checkpoint_at_all_starts_from_zero_without_a_conflict(two_c
     trainer.fit()
     trainer.close()
     assert checkpoint_names(two_checkpoints) == [OLDER]
+
+
+@pytest.mark.parametrize("damage", ["no metadata", "cut metadata", "cut shard", "missing shard"])
+def test_an_incomplete_sharded_checkpoint_is_set_aside_and_latest_points_at_the_previous_one(
+    tmp_path, damage
+):
+    """Sharded (FSDP, torch.distributed.checkpoint) saves are folders whose .metadata is written last: a save
+    killed before it, or with a cut file, is moved to incomplete/ and latest-rank0.pt re-pointed."""
+    from mmbert_train.checkpoints.testing import random_state, write_dcp_checkpoint
+    from mmbert_train.model import ModelConfig
+
+    config = ModelConfig.preset("tiny")
+    folder = tmp_path / "save"
+    for name in ("ep0-ba2", "ep0-ba4"):
+        write_dcp_checkpoint(folder / name, config, random_state(config, seed=1))
+        assert is_complete_sharded_checkpoint(folder / name)
+    os.symlink("ep0-ba4", folder / "latest-rank0.pt")
+    newest = folder / "ep0-ba4"
+    shard = next(newest.glob("*.distcp"))
+    if damage == "no metadata":
+        (newest / ".metadata").unlink()
+    elif damage == "cut metadata":
+        (newest / ".metadata").write_bytes((newest / ".metadata").read_bytes()[:50])
+    elif damage == "cut shard":
+        shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    else:
+        shard.unlink()
+    assert not is_complete_sharded_checkpoint(newest)
+    state = repair_save_folder(folder)
+    assert state.resume_from == folder / "ep0-ba2" and state.batch == 2
+    assert (
+        state.set_aside == [folder / "incomplete" / "ep0-ba4"]
+        and (folder / "incomplete" / "ep0-ba4").is_dir()
+    )
+    assert os.readlink(folder / "latest-rank0.pt") == "ep0-ba2"
+    assert not is_complete_sharded_checkpoint(tmp_path / "nothing-here")
 
 
 def test_checkpoint_writes_go_through_a_temporary_name(tmp_path):

@@ -4,7 +4,8 @@ A phase's ``trainer.save_folder`` holds Composer checkpoints ``ep<E>-ba<B>-rank0
 ``latest-rank0.pt`` to the newest one and the resolved ``recipe.yaml``. Before the trainer is built:
 
 1. :func:`repair_save_folder` opens every checkpoint file (a ``torch.save`` file is a zip archive whose central
-   directory is written last, so a file cut by a kill has none, or a damaged ``data.pkl``): incomplete ones are
+   directory is written last, so a file cut by a kill has none, or a damaged ``data.pkl``; a sharded checkpoint
+   folder is whole when its ``.metadata``, written last, reads back and covers existing shards): incomplete ones are
    moved to ``incomplete/`` (kept, never deleted, but out of Composer's way: Composer refuses to start next to a
    checkpoint "from the future"), and ``latest-rank0.pt`` is pointed at the newest complete checkpoint (it may
    be missing, dangling, or point at a cut file after a kill during a save). :func:`install_atomic_checkpoint_writes`
@@ -33,6 +34,9 @@ import yaml
 log = logging.getLogger(__name__)
 
 CHECKPOINT_RE = re.compile(r"^ep(\d+)-ba(\d+)-rank(\d+)\.pt$")
+# Composer's sharded (torch.distributed.checkpoint) checkpoints: one folder per save, ``.metadata`` written last
+SHARDED_CHECKPOINT_RE = re.compile(r"^ep(\d+)-ba(\d+)$")
+DCP_METADATA = ".metadata"
 INCOMPLETE_DIR = "incomplete"
 TMP_PREFIX = ".tmp-"
 
@@ -84,6 +88,30 @@ def is_complete_checkpoint(path: str | os.PathLike) -> bool:
         return False
 
 
+def is_complete_sharded_checkpoint(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a whole torch.distributed.checkpoint folder: its ``.metadata`` (written after every
+    rank's shards) reads back, and every byte range it records lies inside an existing shard file. A save killed
+    before the metadata, or a shard cut short, fails."""
+    path = Path(path)
+    if not (path / DCP_METADATA).is_file():
+        return False
+    try:
+        import torch.distributed.checkpoint as dcp
+
+        storage = dcp.FileSystemReader(str(path)).read_metadata().storage_data or {}
+    except Exception:  # noqa: BLE001 (a cut or corrupt .metadata fails in many ways)
+        return False
+    sizes: dict[str, int] = {}
+    for info in storage.values():
+        name = str(info.relative_path)
+        if name not in sizes:
+            shard = path / name
+            sizes[name] = shard.stat().st_size if shard.is_file() else -1
+        if sizes[name] < info.offset + info.length:
+            return False
+    return bool(storage)
+
+
 @dataclass
 class SaveFolderState:
     """What :func:`repair_save_folder` found: the checkpoint to resume from, and what it set aside."""
@@ -120,8 +148,8 @@ def _remove_dead_temporaries(folder: Path) -> None:
 def repair_save_folder(folder: str | os.PathLike, rank: int = 0) -> SaveFolderState:
     """Set aside incomplete checkpoints of ``rank`` and point ``latest-rank<rank>.pt`` at the newest complete one.
 
-    Only whole-file checkpoints (``ep*-ba*-rank*.pt``) are checked; sharded (DCP) checkpoint folders are left to
-    Composer."""
+    Whole-file checkpoints (``ep*-ba*-rank*.pt``) and, for rank 0, sharded ones (``ep*-ba*/`` folders of
+    torch.distributed.checkpoint shards, which every rank reads through the same ``latest-rank0.pt`` link)."""
     folder = Path(folder)
     state = SaveFolderState()
     if not folder.is_dir():
@@ -129,19 +157,27 @@ def repair_save_folder(folder: str | os.PathLike, rank: int = 0) -> SaveFolderSt
     _remove_dead_temporaries(folder)
     complete: list[tuple[int, Path]] = []
     for path in sorted(folder.iterdir()):
-        match = CHECKPOINT_RE.match(path.name)
-        if match is None or int(match.group(3)) != rank or path.is_symlink() or not path.is_file():
+        if path.is_symlink():
             continue
-        if is_complete_checkpoint(path):
-            complete.append((int(match.group(2)), path))
+        match = CHECKPOINT_RE.match(path.name)
+        sharded = SHARDED_CHECKPOINT_RE.match(path.name)
+        if match is not None and int(match.group(3)) == rank and path.is_file():
+            batch, complete_now = int(match.group(2)), is_complete_checkpoint(path)
+        elif sharded is not None and rank == 0 and path.is_dir():
+            batch, complete_now = int(sharded.group(2)), is_complete_sharded_checkpoint(path)
         else:
+            continue
+        if complete_now:
+            complete.append((batch, path))
+        else:
+            size = path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in path.iterdir())
             target = _set_aside(folder, path)
             state.set_aside.append(target)
             log.warning(
                 "%s is incomplete (%d bytes: a save that was interrupted); moved it to %s and resume from the "
                 "newest complete checkpoint",
                 path,
-                target.stat().st_size,
+                size,
                 target,
             )
     latest = folder / f"latest-rank{rank}.pt"
