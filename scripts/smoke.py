@@ -16,6 +16,7 @@ redone from scratch.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import shutil
@@ -213,15 +214,16 @@ def merge_and_export(rows: list[dict], scorer: HeldoutScorer) -> Path:
     rows.append(
         {"phase": "merge (TIES)", "languages": decay_all["languages"], "before": decay_all["before"],
          "after": merged, "seconds": float("nan"), "unigram": decay_all["unigram"]})  # fmt: skip
-    step("fill-mask with transformers on the exported model: mmbert fill-mask")
-    run(*MMBERT, "fill-mask", str(EXPORT), FILL_MASK_TEXT, "--top-k", "5")
     return EXPORT
 
 
 def fill_mask_predictions(model_dir: Path) -> list[tuple[str, float]]:
-    from mmbert_train.commands.export import fill_mask
-
-    return [(p["token_str"], p["score"]) for p in fill_mask(model_dir, FILL_MASK_TEXT, top_k=5)[0]]
+    """`mmbert fill-mask --json` on the exported model, run once: its top-5 (token, score) for the mask."""
+    step("fill-mask with transformers on the exported model: mmbert fill-mask")
+    args = [*MMBERT, "fill-mask", str(model_dir), FILL_MASK_TEXT, "--top-k", "5", "--json"]
+    print("$ " + " ".join(args), flush=True)
+    out = subprocess.run(args, check=True, stdout=subprocess.PIPE, text=True).stdout
+    return [(p["token_str"], p["score"]) for p in json.loads(out.strip().splitlines()[-1])[0]]
 
 
 def print_table(rows: list[dict]) -> bool:
@@ -291,9 +293,10 @@ def main(argv: list[str] | None = None) -> int:
     scorer = HeldoutScorer()
     rows = train_phases(scorer)
     export = merge_and_export(rows, scorer)
+    predictions = fill_mask_predictions(export)
     ok = print_table(rows)
     learned = learned_beyond_unigram(rows[0])
-    print_fill_mask(fill_mask_predictions(export))
+    print_fill_mask(predictions)
     print(f"\nsmoke chain took {time.perf_counter() - started:.0f} s")
     if not ok:
         print("error: the held-out loss did not fall in every phase", file=sys.stderr)
