@@ -164,6 +164,9 @@ def test_split_keeps_batch_aligned(corpus):
         assert torch.equal(m["doc_lens"], batch["doc_lens"][rows, :width])
         assert (batch["doc_lens"][rows, width:] == 0).all()
         assert m["packing_efficiency"] == batch["packing_efficiency"]
+    # A 0-dim tensor (a scalar metric that torch's DataLoader converted) goes whole to every microbatch.
+    batch = dict(batch, scalar=torch.tensor(0.25))
+    assert [m["scalar"].item() for m in spec.split_batch(batch, 3)] == [0.25, 0.25, 0.25]
 
 
 def test_delivered_token_shares_match_plan(tmp_path):

@@ -94,3 +94,14 @@ def test_empty_samples_are_skipped_and_efficiency():
     assert len(rows) == 1
     batch = collate_rows(rows, 8)
     assert packing_efficiency(batch["attention_mask"]) == 0.5
+
+
+def test_efficiency_is_a_python_float_whatever_numpy_returns(monkeypatch):
+    """numpy >= 2.3's count_nonzero returns a numpy integer; a numpy float in the batch would reach Composer as
+    a 0-dim tensor through torch's DataLoader (and the microbatch split would try to slice it)."""
+    import mmbert_train.data.packing as packing
+
+    real = np.count_nonzero
+    monkeypatch.setattr(packing.np, "count_nonzero", lambda a: np.intp(real(a)))
+    value = packing_efficiency(torch.tensor([[1, 1, 0, 0]]))
+    assert type(value) is float and value == 0.5

@@ -100,7 +100,9 @@ def packing_efficiency(attention_mask: torch.Tensor) -> float:
     """Real tokens / capacity of a packed batch (``attention_mask`` marks real tokens)."""
     if attention_mask.numel() == 0:
         return 0.0
-    return np.count_nonzero(attention_mask.cpu().numpy()) / attention_mask.numel()  # numpy: no thread pool
+    # numpy: no thread pool. float(): numpy >= 2.3 returns a numpy integer here, whose quotient is a numpy
+    # float that torch's DataLoader would turn into a 0-dim tensor.
+    return float(np.count_nonzero(attention_mask.cpu().numpy()) / attention_mask.numel())
 
 
 def cu_seqlens_from_doc_lens(doc_lens: torch.Tensor) -> torch.Tensor:

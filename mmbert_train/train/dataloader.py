@@ -31,7 +31,8 @@ def split_packed_batch(batch: Mapping[str, Any], microbatch_size: int | float) -
     for start in range(0, n, int(microbatch_size)):
         micro: dict[str, Any] = {}
         for key, value in batch.items():
-            micro[key] = value[start : start + int(microbatch_size)] if torch.is_tensor(value) else value
+            rows = torch.is_tensor(value) and value.dim() > 0  # scalars (metrics) go to every microbatch
+            micro[key] = value[start : start + int(microbatch_size)] if rows else value
         doc_lens = micro.get("doc_lens")
         if doc_lens is not None and doc_lens.numel():
             width = int((doc_lens > 0).sum(1).max())
