@@ -19,7 +19,7 @@ endif
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-slow test-all lint smoke gpu-check wheelhouse experiment clean
+.PHONY: install test test-slow test-all lint smoke gpu-check gpu-wheels experiment clean
 
 install: $(STAMP)
 
@@ -66,22 +66,18 @@ smoke: $(STAMP)
 	$(PY) scripts/smoke.py
 
 # On one CUDA GPU, offline, <= 8 minutes: gpu tests, backend parity, compiled Composer runs at 1024 / 8192 tokens,
-# GPU throughput; writes build/gpu_check/gpu_check.json + a table (docs/benchmarks.md). The GPU machines carry
-# torch 2.11 + transformers 5: use STACK=current there. `make gpu-check GPU_CHECK_ARGS=--dry-run` runs the CPU part.
+# GPU throughput; writes build/gpu_check/gpu_check.json + a table (docs/benchmarks.md). On the lent GPU machines
+# (their own image, no network) run `bash scripts/gpu_device.sh` instead, with the wheels of `make gpu-wheels`.
+# `make gpu-check GPU_CHECK_ARGS=--dry-run` runs the CPU part.
 GPU_CHECK_ARGS ?=
 gpu-check: $(STAMP)
 	$(PY) scripts/gpu_check.py $(GPU_CHECK_ARGS)
 
-# Wheels for an offline GPU machine that already carries torch and transformers (docs/benchmarks.md, "GPU
-# check"): every package of this stack except torch, torchvision, triton, the CUDA libraries, transformers and
-# its own dependencies, pinned as installed here, plus this package; install there with --no-index --no-deps.
-WHEELHOUSE ?= build/wheelhouse
-IMAGE_PACKAGES := torch|torchvision|triton|nvidia-.*|cuda-.*|transformers|tokenizers|safetensors|huggingface-hub|hf-xet|numpy|filelock|fsspec|jinja2|markupsafe|mpmath|networkx|sympy|typing-extensions|setuptools
-wheelhouse: $(STAMP)
-	mkdir -p $(WHEELHOUSE)
-	$(PY) -m pip freeze --exclude-editable | grep -v -i -E '^($(IMAGE_PACKAGES))==' > $(WHEELHOUSE)/requirements.txt
-	$(PY) -m pip download -q --no-deps -d $(WHEELHOUSE) -r $(WHEELHOUSE)/requirements.txt
-	$(PY) -m pip wheel -q --no-deps -w $(WHEELHOUSE) .
+# The lent GPU machines (their own image: Python 3.12, torch 2.11, transformers 5, no network, 64 MiB travel):
+# `make gpu-wheels` fetches into .whl/ the CPython 3.12 wheels of what the check imports and the image lacks
+# (scripts/gpu_wheels.txt, ~20 MiB); there, `bash scripts/gpu_device.sh` installs them and runs the check.
+gpu-wheels:
+	$(PYTHON) scripts/gpu_wheels.py download
 
 # The decay-languages experiment on the UDHR (docs/experiments/decay_languages.md): pretrain -> midtrain -> three
 # decays -> TIES merge for seeds 21, 22, 23 (two at a time), held-out scoring, report + plot. ~15 min per seed on

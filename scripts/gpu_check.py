@@ -21,7 +21,8 @@ and prints a short table (also ``OUT/gpu_check.md``). Exit status 1 when a part 
 in bf16 autocast), skipping only what needs CUDA (flash-attn, compiled FlexAttention, the GPU benchmark itself),
 so that the one GPU run works first time; it trains without torch.compile unless ``--compile`` is given.
 
-    python scripts/gpu_check.py                          # on the GPU machine (STACK=current: torch 2.11 there)
+    python scripts/gpu_check.py                          # on a CUDA machine with this project installed
+    bash scripts/gpu_device.sh                           # on the lent GPU machines (carried wheels)
     python scripts/gpu_check.py --dry-run --out build/gpu_check_dry
 """
 
@@ -419,7 +420,9 @@ def _child(part: str, dry_run: bool, out: Path, limit: float, compile_model: boo
     if dry_run:
         cmd.append("--dry-run")
     cmd.append("--compile" if compile_model else "--no-compile")
-    env = dict(os.environ, PYTHONPATH=str(ROOT), WANDB_MODE="disabled", HF_HUB_OFFLINE="1")
+    # Prepend, never replace: on the GPU machines the carried wheels are on PYTHONPATH (scripts/gpu_device.sh).
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env = dict(os.environ, PYTHONPATH=path, WANDB_MODE="disabled", HF_HUB_OFFLINE="1")
     start = time.monotonic()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=limit, env=env, check=False)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,10 +12,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "gpu_check.py"
 
 
-def _load_script():
+def _load_script(name: str = "gpu_check"):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -78,14 +77,20 @@ def test_without_cuda_the_real_check_refuses_clearly(tmp_path):
 
 @pytest.mark.slow
 def test_dry_run_runs_every_part_on_cpu(tmp_path):
-    """The whole check at tiny shapes on CPU (compiled training included): one JSON report and a table; what
-    needs CUDA is skipped with its reason."""
+    """The whole check at tiny shapes on CPU: one JSON report and a table; what needs CUDA is skipped with its
+    reason. Run under the import recorder of scripts/gpu_wheels.py: every distribution it imports is in the GPU
+    machines' image or in the carried wheel list (scripts/gpu_wheels.txt), so the GPU run finds what it needs."""
+    gpu_wheels = _load_script("gpu_wheels")
     out = tmp_path / "check"
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--dry-run", "--out", str(out)],
-        capture_output=True, text=True, cwd=ROOT, timeout=3000, check=False,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    log = tmp_path / "log.txt"
+    with log.open("w") as fh:
+        status, imported = gpu_wheels.record(
+            [sys.executable, str(SCRIPT), "--dry-run", "--out", str(out)], stdout=fh
+        )
+    output = log.read_text()
+    assert status == 0, output
+    assert {"mosaicml", "mosaicml-streaming", "torch", "torch-optimi"} <= set(imported)
+    assert gpu_wheels.missing(imported, gpu_wheels.read_wheel_list()) == []
     report = json.loads((out / "gpu_check.json").read_text())
     parts = report["parts"]
     assert sorted(parts) == sorted(["parity", "train_1024", "train_8192", "throughput", "gpu_tests"])
@@ -102,4 +107,4 @@ def test_dry_run_runs_every_part_on_cpu(tmp_path):
     assert parts["gpu_tests"]["status"] in ("skipped", "ok")
     table = (out / "gpu_check.md").read_text()
     assert table.count("\n") == 7 and "| train_8192 | ok |" in table
-    assert "skipped: throughput (not measured: no CUDA device)" in proc.stdout
+    assert "skipped: throughput (not measured: no CUDA device)" in output
