@@ -304,8 +304,25 @@ def test_wandb_only_when_enabled_and_offline_without_network(tmp_path, monkeypat
     from mmbert_train.train import trainer as trainer_module
 
     assert trainer_module.build_loggers(make_recipe(tmp_path)) == []  # off by default
+    pytest.importorskip("wandb")  # a required dependency; only the GPU machines' image lacks it
     monkeypatch.setattr(trainer_module, "_wandb_reachable", lambda timeout=2.0: False)
     monkeypatch.setenv("WANDB_MODE", "disabled")
     loggers = trainer_module.build_loggers(make_recipe(tmp_path, overrides=["logging.wandb.enabled=true"]))
     assert len(loggers) == 1 and isinstance(loggers[0], WandBLogger)
     assert os.environ["WANDB_MODE"] == "offline"
+
+
+def test_wandb_enabled_without_the_package_names_the_key(tmp_path, monkeypatch):
+    import importlib.util
+
+    from mmbert_train.train import trainer as trainer_module
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a)
+    )
+    recipe = make_recipe(tmp_path, overrides=["logging.wandb.enabled=true"])
+    with pytest.raises(
+        RuntimeError, match=r"logging\.wandb\.enabled is true but the wandb package is not installed"
+    ):
+        trainer_module.build_loggers(recipe)

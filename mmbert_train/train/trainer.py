@@ -8,6 +8,7 @@ rank / world-size environment Composer reads.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import socket
@@ -182,6 +183,11 @@ def build_loggers(recipe: Recipe) -> list:
     cfg = recipe.logging.wandb
     if not cfg.enabled:
         return []
+    if importlib.util.find_spec("wandb") is None:  # e.g. a GPU image that carries only what the check needs
+        raise RuntimeError(
+            "logging.wandb.enabled is true but the wandb package is not installed: pip install wandb, or set "
+            "logging.wandb.enabled=false"
+        )
     mode = cfg.mode
     if mode == "auto":
         mode = "online" if _wandb_reachable() else "offline"
