@@ -27,6 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from mmbert_train.processes import pythonpath_with  # noqa: E402
+
 # (name, model overrides on top of the base below, rows, seq_len, max documents per row)
 BASE = dict(
     vocab_size=16384,
@@ -142,7 +144,9 @@ def estimate(config: dict, result: dict, head: str = "chunked") -> dict:
 
 
 def run_child(config: dict, rows: int, seq_len: int, max_docs: int) -> dict:
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    env = dict(
+        os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS="1", PYTHONPATH=pythonpath_with(ROOT)
+    )
     job = json.dumps({"config": config, "rows": rows, "seq_len": seq_len, "max_docs": max_docs})
     proc = subprocess.run(
         [sys.executable, __file__, "--child", job], env=env, capture_output=True, text=True, check=False

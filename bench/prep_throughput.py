@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from data_prep.testing import SAMPLE_TEXTS, make_tokenizer, write_jsonl  # noqa: E402
+from mmbert_train.processes import pythonpath_with  # noqa: E402
 
 FILES_PER_LANGUAGE = 2
 
@@ -133,7 +134,11 @@ def main() -> None:
     )
     args = parser.parse_args()
     # The ceiling may use N Rust threads; run_tokenize turns them off inside its N single-threaded workers.
-    env = {"PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "true", "RAYON_NUM_THREADS": str(args.workers)}
+    env = {
+        "PYTHONPATH": pythonpath_with(ROOT),
+        "TOKENIZERS_PARALLELISM": "true",
+        "RAYON_NUM_THREADS": str(args.workers),
+    }
     with tempfile.TemporaryDirectory(prefix="prep-bench-") as tmp:
         tmp = Path(tmp)
         tok = make_tokenizer(tmp / "tok", vocab_size=2000)

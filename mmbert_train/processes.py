@@ -6,6 +6,9 @@
   process that started it dies, even by ``kill -9``. Without it, pool workers of a killed parent wait forever
   on a queue nobody writes to. On Linux the kernel delivers the signal (``prctl(PR_SET_PDEATHSIG)``);
   elsewhere a daemon thread polls ``os.getppid()``.
+* :func:`pythonpath_with` is the ``PYTHONPATH`` for a child Python that must import this checkout: the paths
+  prepended to the current value, never replacing it (where packages are installed by ``PYTHONPATH``, as on
+  the GPU machines, a replaced one loses them).
 """
 
 from __future__ import annotations
@@ -66,3 +69,9 @@ def die_with_parent(parent_pid: int, sig: int = signal.SIGKILL) -> None:
         threading.Thread(target=_poll_parent, args=(parent_pid,), daemon=True, name="die-with-parent").start()
     if os.getppid() != parent_pid:  # the parent died before the signal was armed
         os._exit(1)
+
+
+def pythonpath_with(*paths: str | os.PathLike) -> str:
+    """``PYTHONPATH`` with ``paths`` first and the current value after them."""
+    parts = [os.fspath(p) for p in paths] + [os.environ.get("PYTHONPATH", "")]
+    return os.pathsep.join(p for p in parts if p)

@@ -420,9 +420,10 @@ def _child(part: str, dry_run: bool, out: Path, limit: float, compile_model: boo
     if dry_run:
         cmd.append("--dry-run")
     cmd.append("--compile" if compile_model else "--no-compile")
-    # Prepend, never replace: on the GPU machines the carried wheels are on PYTHONPATH (scripts/gpu_device.sh).
-    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    env = dict(os.environ, PYTHONPATH=path, WANDB_MODE="disabled", HF_HUB_OFFLINE="1")
+    from mmbert_train.processes import pythonpath_with
+
+    # On the GPU machines the carried wheels are on PYTHONPATH (scripts/gpu_device.sh): prepend, never replace.
+    env = dict(os.environ, PYTHONPATH=pythonpath_with(ROOT), WANDB_MODE="disabled", HF_HUB_OFFLINE="1")
     start = time.monotonic()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=limit, env=env, check=False)

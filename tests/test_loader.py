@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from mmbert_train.data.masking import IGNORE_INDEX
+from mmbert_train.processes import pythonpath_with
 
 BOS, EOS = 2, 1
 VOCAB = 8000
@@ -236,7 +237,7 @@ torch.save(batches, out / f"{{mode}}-{{dataset.rank}}.pt")
 def run_loader_script(tmp_path, corpus, mode, n_before, n_after, global_batch=8, launcher=()):
     script = tmp_path / "run_loader.py"
     script.write_text(RUN_LOADER.format(tests=str(TESTS_DIR), global_batch=global_batch))
-    env = dict(os.environ, PYTHONPATH=str(TESTS_DIR.parent))
+    env = dict(os.environ, PYTHONPATH=pythonpath_with(TESTS_DIR.parent))
     cmd = [*launcher, str(script)] if launcher else [sys.executable, str(script)]
     env.pop("WORLD_SIZE", None)
     result = subprocess.run(
@@ -322,7 +323,7 @@ def test_composer_trainer_resume_gives_the_same_batches(corpus, tmp_path):
     warmup on, rows waiting in the packer): batches 21..26 are the uninterrupted run's."""
     script = tmp_path / "run_trainer.py"
     script.write_text(RUN_TRAINER.format(tests=str(TESTS_DIR)))
-    env = dict(os.environ, PYTHONPATH=str(TESTS_DIR.parent))
+    env = dict(os.environ, PYTHONPATH=pythonpath_with(TESTS_DIR.parent))
     env.pop("WORLD_SIZE", None)
     for mode in ("full", "resume"):
         result = subprocess.run([sys.executable, str(script), mode, str(corpus), str(tmp_path)],

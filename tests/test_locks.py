@@ -16,10 +16,10 @@ import pytest
 
 from mmbert_train import locks
 from mmbert_train.locks import FileLock, LockHeldError, exclusive_lock, read_lock_holder
-from mmbert_train.processes import pid_alive
+from mmbert_train.processes import pid_alive, pythonpath_with
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = dict(os.environ, PYTHONPATH=str(ROOT))
+ENV = dict(os.environ, PYTHONPATH=pythonpath_with(ROOT))
 HOLD = """
 import sys, time
 from mmbert_train.locks import exclusive_lock
@@ -153,3 +153,12 @@ def test_child_dies_with_its_parent_on_kill_9():
     while time.monotonic() < deadline and pid_alive(child):
         time.sleep(0.05)
     assert not pid_alive(child), "the child outlived its parent"
+
+
+def test_pythonpath_with_prepends_and_keeps_what_was_there(monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(["/carried/site", "/other"]))
+    assert pythonpath_with("/repo", Path("/lib")) == os.pathsep.join(
+        ["/repo", "/lib", "/carried/site", "/other"]
+    )
+    monkeypatch.delenv("PYTHONPATH")
+    assert pythonpath_with("/repo") == "/repo"

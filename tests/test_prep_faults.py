@@ -28,10 +28,10 @@ from data_prep.tokenizer import load_tokenizer, tokenizer_fingerprint
 from mmbert_train.data.manifest import load_manifest
 from mmbert_train.data.mds import iter_input_ids
 from mmbert_train.locks import LOCK_NAME, LockHeldError, exclusive_lock
-from mmbert_train.processes import pid_alive
+from mmbert_train.processes import pid_alive, pythonpath_with
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = dict(os.environ, PYTHONPATH=str(ROOT))
+ENV = dict(os.environ, PYTHONPATH=pythonpath_with(ROOT))
 CLI = "import sys; from data_prep.cli import main; sys.exit(main(sys.argv[1:]))"
 
 

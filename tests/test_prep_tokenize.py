@@ -18,6 +18,7 @@ from data_prep.tokenize import plan_raw, run_tokenize
 from mmbert_train.data.languages import LanguageNameError
 from mmbert_train.data.manifest import load_manifest
 from mmbert_train.data.mds import iter_input_ids
+from mmbert_train.processes import pythonpath_with
 
 BOS, EOS = 2, 1
 
@@ -421,7 +422,7 @@ def test_kill_9_midway_then_rerun_gives_the_same_shards(tmp_path, tokenizer_dir)
         "--no-progress",
     ]
     code = "import sys; from data_prep.cli import main; sys.exit(main(sys.argv[1:]))"
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    env = dict(os.environ, PYTHONPATH=pythonpath_with(Path(__file__).resolve().parents[1]))
     proc = subprocess.Popen([sys.executable, "-c", code, *argv, "--output", str(tmp_path / "mds")], env=env,
                             start_new_session=True)  # fmt: skip
     deadline = time.monotonic() + 60

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from mmbert_train.data.shm import SHM_DIR, clean_dead_shared_memory, streaming_segments
+from mmbert_train.processes import pythonpath_with
 
 pytestmark = pytest.mark.skipif(
     not Path("/proc/self/maps").exists() or not SHM_DIR.is_dir(), reason="Linux only"
@@ -87,7 +88,7 @@ for i, _ in enumerate(loader):
 def test_loader_workers_exit_when_the_trainer_is_killed():
     import psutil
 
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": pythonpath_with(Path(__file__).resolve().parents[1])}
     parent = subprocess.Popen(
         [sys.executable, "-c", WORKER_PARENT], stdout=subprocess.PIPE, text=True, env=env
     )

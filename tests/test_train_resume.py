@@ -18,6 +18,7 @@ from composer.loggers import InMemoryLogger
 
 from mmbert_train.config import load_recipe
 from mmbert_train.locks import LockHeldError
+from mmbert_train.processes import pythonpath_with
 from mmbert_train.train.callbacks import NonFiniteLossError
 from mmbert_train.train.resume import (
     ResumeError,
@@ -179,7 +180,7 @@ time.sleep(600)
 def test_a_second_run_on_the_same_save_folder_is_refused_and_a_dead_holders_lock_taken_over(tmp_path):
     folder = tmp_path / "ckpt"
     folder.mkdir()
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": pythonpath_with(Path(__file__).resolve().parents[1])}
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLD_LOCK, str(folder / ".lock")], stdout=subprocess.PIPE, text=True, env=env
     )
@@ -334,7 +335,7 @@ def test_sigkill_at_many_points_of_a_save_always_resumes_from_the_newest_complet
     checkpoint, and the run goes on from there."""
     recipe_at(tmp_path, steps=4)  # writes r.yaml
     folder = tmp_path / "ckpt"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": pythonpath_with(Path(__file__).resolve().parents[1])}
     newest = 0
     for delay in [0.0, 0.003, 0.02, 0.25]:
         proc = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(tmp_path / "r.yaml")], env=env)
