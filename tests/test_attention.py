@@ -93,6 +93,27 @@ def test_sdpa_keeps_only_q_k_v_for_backward(window_half):
     assert kept >= (7 if window_half >= 0 else 4) * one
 
 
+@pytest.mark.parametrize(
+    ("seqlens", "window_half"),
+    [
+        ([24, 24, 24], -1),  # one full rectangle: the identity plan, no mask at all
+        ([24, 24, 24], 8),  # short documents in a local layer: one bucket, masked
+        ([30, 30, 12, 12], -1),  # full buckets: no mask
+        ([300, 57, 129, 8], -1),  # buckets with key masks
+        ([300, 57, 129, 8], 8),  # block-local
+    ],
+)
+def test_every_sdpa_plan_has_the_same_signature(seqlens, window_half):
+    """What a compiled layer guards on is the same for every batch: four distinct index tensors (dynamo guards on
+    inputs aliasing each other) and a mask of at least 2 elements (sizes 0 and 1 are specialised)."""
+    layout = TokenLayout.from_seqlens(torch.tensor(seqlens))
+    plan = attn.sdpa_prepare(layout, window_half)
+    tensors = [plan.q_index, plan.k_index, plan.mask, plan.out_index]
+    assert len({t.untyped_storage().data_ptr() for t in tensors}) == 4
+    assert plan.mask.numel() >= 2 and plan.mask.dtype == torch.bool
+    assert [t.dtype for t in (plan.q_index, plan.k_index, plan.out_index)] == [torch.int64] * 3
+
+
 def test_flex_training_on_cpu_without_backward_fails_early_with_our_message(monkeypatch):
     monkeypatch.setattr(attn, "flex_backward_supported", lambda device_type: False)
     config = ModelConfig.preset("tiny", attn_backend="flex")

@@ -147,3 +147,48 @@ def test_a_wrong_call_fails_on_cpu(stand_in, monkeypatch):
         flash_attn_varlen_func(q, k, v, layout.cu_seqlens, layout.cu_seqlens, 9, 9)
     with pytest.raises(AssertionError, match="window_size"):
         flash_attn_varlen_func(*half, layout.cu_seqlens, layout.cu_seqlens, 9, 9, window_size=(-2, 3))
+
+
+@pytest.mark.slow
+def test_compiled_flash_layers_stop_compiling_after_the_second_batch(stand_in):
+    """Regional compilation with the flash backend (through our custom-op wrapper around the stand-in), inductor
+    on CPU: the layers pass ``max_seqlen`` to flash-attn as a Python int, so the second batch (another longest
+    document) recompiles the layer graphs with it symbolic (dynamo's automatic dynamic shapes); after that,
+    batches of other token, document and longest-document counts compile nothing, with no graph break, and the
+    losses equal eager's. (The GPU check warms up for 12 steps before it counts.)"""
+    import copy
+
+    import torch._dynamo
+    from torch._dynamo.testing import CompileCounterWithBackend
+    from torch._dynamo.utils import counters
+
+    from mmbert_train.model import compile_regions
+    from mmbert_train.train.testing import packed_batches
+
+    torch._dynamo.reset()
+    counters.clear()
+    config = ModelConfig.preset("tiny", num_hidden_layers=7, attn_backend="flash", loss_chunk_size=64)
+    torch.manual_seed(0)
+    eager = MMBertForMaskedLM(config).train()
+    compiled = copy.deepcopy(eager)
+    backend = CompileCounterWithBackend("inductor")
+    compile_regions(compiled, backend=backend)
+    batches = packed_batches(8, 4, 96, 512, seed=3, max_docs=8)
+    assert len({int(b["doc_lens"].max()) for b in batches}) > 4  # the longest document changes
+    frames = []
+    for batch in batches:
+        losses = []
+        for model in (compiled, eager):
+            model.zero_grad(set_to_none=True)
+            out = model(
+                batch["input_ids"], batch["attention_mask"], batch["labels"], doc_lens=batch["doc_lens"]
+            )
+            out.loss.backward()
+            losses.append(out.loss.item())
+        assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+        frames.append(backend.frame_count)
+    # embeddings, final norm, head + loss; layer 0, global and local layers (the window is flash's argument), and
+    # in the second batch the layer graphs again with max_seqlen (and, depending on what inductor's graph cache
+    # holds, the window) symbolic: 7 to 9 graphs, then none.
+    assert frames[1:] == [frames[1]] * 7 and frames[1] <= 9, frames
+    assert dict(counters["graph_break"]) == {}

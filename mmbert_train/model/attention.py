@@ -148,6 +148,12 @@ class SdpaPlan(NamedTuple):
     ``(rows, 1, 1, k_len)``, 1 full ``(rows, 1, q_len, k_len)``. ``q_index`` / ``k_index``: token of each query /
     key slot (padding slots point at token 0 and are masked as keys); ``mask``: the rectangles' boolean masks
     flattened (True = attend); ``out_index``: for each token of the stream, its query slot.
+
+    Every plan has the same signature for torch.compile, whatever the batch: four distinct index tensors (never
+    one tensor passed twice: dynamo guards on aliasing between inputs) and a mask of at least `_MASK_PAD`
+    elements (dynamo specialises sizes 0 and 1). Otherwise a global layer would get one graph for batches whose
+    documents all have one length (the identity plan, no mask) and another for the rest, and a local layer one
+    for bucket plans (``q_index is k_index``) and another for block-local plans.
     """
 
     q_index: torch.Tensor
@@ -155,6 +161,13 @@ class SdpaPlan(NamedTuple):
     mask: torch.Tensor
     out_index: torch.Tensor
     meta: torch.Tensor
+
+
+_MASK_PAD = 2  # trailing unused mask elements: the mask is never of size 0 or 1 (see SdpaPlan)
+
+
+def _padded_mask(masks: list[torch.Tensor], device) -> torch.Tensor:
+    return torch.cat(masks + [torch.ones(_MASK_PAD, dtype=torch.bool, device=device)])
 
 
 def _use_block_local(layout: TokenLayout, window_half: int) -> bool:
@@ -179,16 +192,16 @@ def _bucket_plan(layout: TokenLayout, window_half: int) -> SdpaPlan:
         meta += [rows, length, length, kind]
         if mask is not None:
             masks.append(mask.flatten())
-    # One trailing unused element: the mask is never empty (a compiled region would specialise on size 0).
-    mask = torch.cat(masks + [torch.ones(1, dtype=torch.bool, device=device)])
+    mask = _padded_mask(masks, device)
     if layout.uniform and len(buckets) == 1 and window_half < 0:
         meta[0] = 1
-        stream = torch.arange(layout.num_tokens, device=device)  # unused; same signature as the gather case
-        return SdpaPlan(stream, stream, mask, stream, torch.tensor(meta))
+        # Unused, but three distinct tensors: the same signature as the gather case (see SdpaPlan).
+        q_index, k_index, out_index = (torch.arange(layout.num_tokens, device=device) for _ in range(3))
+        return SdpaPlan(q_index, k_index, mask, out_index, torch.tensor(meta))
     index = torch.cat([b.gather.flatten() for b in buckets])
     slots = torch.cat([b.valid.flatten() for b in buckets]).nonzero().flatten()  # query slots, bucket order
     out_index = slots if inverse is None else slots[inverse]
-    return SdpaPlan(index, index, mask, out_index, torch.tensor(meta))
+    return SdpaPlan(index, index.clone(), mask, out_index, torch.tensor(meta))  # clone: see SdpaPlan
 
 
 def _block_local_plan(layout: TokenLayout, window_half: int) -> SdpaPlan:
@@ -196,7 +209,7 @@ def _block_local_plan(layout: TokenLayout, window_half: int) -> SdpaPlan:
     blocks, b = index.queries.shape
     meta = torch.tensor([0, 1, blocks, b, 3 * b, 1])
     out_index = index.real_queries.nonzero().flatten()  # blocks are in stream order
-    mask = torch.cat([index.mask.flatten(), index.mask.new_ones(1)])  # see _bucket_plan
+    mask = _padded_mask([index.mask.flatten()], index.mask.device)
     return SdpaPlan(index.queries.flatten(), index.keys.flatten(), mask, out_index, meta)
 
 
