@@ -137,3 +137,33 @@ def test_trainer_compile_uses_compile_regions_and_flex_fails_before_training(tmp
     recipe = make_recipe(tmp_path, overrides=["model.attn_backend=flex"])
     with pytest.raises(RuntimeError, match="model.attn_backend='flex' cannot train on cpu"):
         build_trainer(recipe, train_dataloader=data, loggers=[])
+
+
+@pytest.mark.slow
+def test_compiled_flex_layers_stop_compiling_after_the_second_batch():
+    """FlexAttention inside the layer regions (the GPU default without flash-attn), traced with aot_eager on CPU
+    (inference: FlexAttention's CPU path has no compiled backward): the block mask's mask_mod closes over the
+    batch's document ids, padded to a multiple of 128, so the second batch recompiles the layer graphs with that
+    length symbolic (automatic dynamic shapes); after that, nothing compiles and nothing breaks the graph. The
+    global and local mask_mods are two functions: two layer graphs besides layer 0."""
+    torch._dynamo.reset()
+    counters.clear()
+    config = ModelConfig.preset("tiny", num_hidden_layers=4, attn_backend="flex", loss_chunk_size=64)
+    torch.manual_seed(0)
+    model = MMBertForMaskedLM(config).eval()
+    reference = copy.deepcopy(model)
+    backend = CompileCounterWithBackend("aot_eager")
+    compile_regions(model, backend=backend)
+    batches = packed_batches(6, 4, 256, 512, seed=3, max_docs=8)
+    padded = [-(-int(b["attention_mask"].sum()) // 128) for b in batches]
+    assert padded[0] != padded[1] and len(set(padded)) > 1  # the padded length changes from the 2nd batch on
+    frames = []
+    with torch.no_grad():
+        for batch in batches:
+            args = (batch["input_ids"], batch["attention_mask"], batch["labels"])
+            out = model(*args, doc_lens=batch["doc_lens"])
+            ref = reference(*args, doc_lens=batch["doc_lens"])
+            assert out.loss.item() == pytest.approx(ref.loss.item(), rel=1e-5)
+            frames.append(backend.frame_count)
+    assert frames[1:] == [frames[1]] * 5 and frames[1] <= 9, frames
+    assert dict(counters["graph_break"]) == {}
