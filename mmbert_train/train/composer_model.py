@@ -104,11 +104,28 @@ def forward_flops(config: ModelConfig, doc_lens: torch.Tensor, n_labelled: int) 
     return dense + attention + head
 
 
+def shard_each_layer(module: torch.nn.Module) -> bool:
+    """FSDP wrap policy: each encoder layer is its own FSDP unit (all-gathered just before it runs, resharded
+    after); the embeddings, head and tied decoder stay in the model's root unit."""
+    return isinstance(module, MMBertEncoderLayer)
+
+
+def checkpoint_each_layer(module: torch.nn.Module) -> bool:
+    """Activation checkpointing (``trainer.fsdp.activation_checkpointing``): recompute each encoder layer in
+    backward instead of keeping its activations."""
+    return isinstance(module, MMBertEncoderLayer)
+
+
 class MMBertComposerModel(ComposerModel):
     """Wraps `MMBertForMaskedLM` for Composer. Batches are Contract-3 dicts (packed rows + labels)."""
 
     def __init__(self, model: MMBertForMaskedLM) -> None:
         super().__init__()
+        # Composer (FSDP1 and FSDP2 alike) reads the wrap and activation-checkpointing policies from the
+        # ComposerModel's children, not from the ComposerModel: defined here on self, both were silently ignored
+        # (one FSDP unit for the whole model, no checkpointing).
+        model.fsdp_wrap_fn = shard_each_layer
+        model.activation_checkpointing_fn = checkpoint_each_layer
         self.model = model
         self.config: ModelConfig = model.config
         self.train_metrics = {"MLMAccuracy": MLMAccuracy()}
@@ -140,11 +157,3 @@ class MMBertComposerModel(ComposerModel):
         if doc_lens is None:  # padded form: one document per row
             doc_lens = batch["attention_mask"].sum(dim=-1)
         return 3.0 * forward_flops(self.config, doc_lens, batch_token_counts(batch)["loss_generating"])
-
-    # ---- FSDP -----------------------------------------------------------------------------------------------
-    def fsdp_wrap_fn(self, module: torch.nn.Module) -> bool:
-        """Shard each encoder layer as its own FSDP unit; embeddings, head and the tied decoder stay in the root."""
-        return isinstance(module, MMBertEncoderLayer)
-
-    def activation_checkpointing_fn(self, module: torch.nn.Module) -> bool:
-        return isinstance(module, MMBertEncoderLayer)
