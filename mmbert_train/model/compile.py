@@ -11,8 +11,9 @@
 What stays outside, done once per batch in eager Python: flattening the batch into a `TokenLayout` (cu_seqlens,
 max_seqlen, document buckets, block-local indices, masks, FlexAttention's block mask), the id checks, the RoPE
 tables and the selection of the labelled tokens. Their tensors enter the compiled regions as inputs whose first
-dimension is marked dynamic (`modeling.mark_dynamic`), so batches with other token, document or masked-token
-counts reuse the same graphs instead of recompiling.
+dimension is marked dynamic (`modeling.mark_dynamic`; each layer's inputs in a forward pre-hook that runs after
+FSDP2's), so batches with other token, document or masked-token counts reuse the same graphs instead of
+recompiling.
 
 Nothing is wrapped or replaced: each compiled function is bound as the module instance's ``forward``, so
 ``state_dict()`` keys are unchanged (no ``_orig_mod.``), module hooks (FSDP2's all-gather / reshard, activation
@@ -27,11 +28,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from .modeling import MMBertEmbeddings, MMBertEncoderLayer, MMBertForMaskedLM
+from .modeling import MMBertEmbeddings, MMBertEncoderLayer, MMBertForMaskedLM, mark_dynamic
 
 
 def _bind(module: nn.Module, name: str, compiled) -> None:
     setattr(module, name, types.MethodType(compiled, module))
+
+
+def _mark_inputs_dynamic(module: nn.Module, args: tuple, kwargs: dict) -> None:
+    if not torch.compiler.is_compiling():
+        mark_dynamic((args, kwargs))
 
 
 def compile_regions(model: MMBertForMaskedLM, **torch_compile_kwargs: Any) -> MMBertForMaskedLM:
@@ -45,6 +51,9 @@ def compile_regions(model: MMBertForMaskedLM, **torch_compile_kwargs: Any) -> MM
     layer_forward = torch.compile(MMBertEncoderLayer.forward, **kwargs)
     for layer in model.model.layers:
         _bind(layer, "forward", layer_forward)
+        # Marked in a forward pre-hook, not by the caller: FSDP2's own pre-hook (prepended, so it runs first)
+        # hands the layer new tensors for its post-backward hook, which would not carry the caller's marks.
+        layer.register_forward_pre_hook(_mark_inputs_dynamic, with_kwargs=True)
     _bind(model.model.embeddings, "forward", torch.compile(MMBertEmbeddings.forward, **kwargs))
     _bind(model.model.final_norm, "forward", torch.compile(type(model.model.final_norm).forward, **kwargs))
     _bind(model, "masked_lm_loss", torch.compile(MMBertForMaskedLM.masked_lm_loss, **kwargs))

@@ -146,13 +146,9 @@ class MMBertModel(nn.Module):
         ropes = {}
         for theta in {c.global_rope_theta, c.local_rope_theta}:
             ropes[theta] = rotary_cos_sin(layout.position_ids, c.head_dim, theta, x.dtype)
-        if dynamic:
-            mark_dynamic((ropes, attn_inputs))
-        for layer in self.layers:
+        for layer in self.layers:  # compiled layers mark their inputs dynamic themselves (compile_regions)
             theta = c.global_rope_theta if layer.attn.is_global else c.local_rope_theta
-            x = layer(
-                mark_dynamic(x) if dynamic else x, ropes[theta], attn_inputs[layer.attn.window_half], backend
-            )
+            x = layer(x, ropes[theta], attn_inputs[layer.attn.window_half], backend)
         return self.final_norm(mark_dynamic(x) if dynamic else x)
 
 
