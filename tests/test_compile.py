@@ -30,6 +30,19 @@ def tiny_model(**overrides) -> MMBertForMaskedLM:
     return model
 
 
+def compiled_pair(compile_backend: str, train: bool = True, **config):
+    """A fresh dynamo state and a tiny model twice: eager, and compiled with `compile_regions` through a counting
+    ``compile_backend``. Returns ``(eager, compiled, counter)``; ``counter.frame_count`` counts graphs."""
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    eager = MMBertForMaskedLM(ModelConfig.preset("tiny", loss_chunk_size=64, **config)).train(train)
+    compiled = copy.deepcopy(eager)
+    counter = CompileCounterWithBackend(compile_backend)
+    compile_regions(compiled, backend=counter)
+    return eager, compiled, counter
+
+
 def batch_of_documents(rows: list[list[int]], seq_len: int, vocab: int, seed: int) -> dict[str, torch.Tensor]:
     """A packed batch whose rows hold documents of the given lengths (30% labelled)."""
     gen = torch.Generator().manual_seed(seed)
@@ -146,14 +159,9 @@ def test_compiled_flex_layers_stop_compiling_after_the_second_batch():
     batch's document ids, padded to a multiple of 128, so the second batch recompiles the layer graphs with that
     length symbolic (automatic dynamic shapes); after that, nothing compiles and nothing breaks the graph. The
     global and local mask_mods are two functions: two layer graphs besides layer 0."""
-    torch._dynamo.reset()
-    counters.clear()
-    config = ModelConfig.preset("tiny", num_hidden_layers=4, attn_backend="flex", loss_chunk_size=64)
-    torch.manual_seed(0)
-    model = MMBertForMaskedLM(config).eval()
-    reference = copy.deepcopy(model)
-    backend = CompileCounterWithBackend("aot_eager")
-    compile_regions(model, backend=backend)
+    reference, model, backend = compiled_pair(
+        "aot_eager", train=False, num_hidden_layers=4, attn_backend="flex"
+    )
     batches = packed_batches(6, 4, 256, 512, seed=3, max_docs=8)
     padded = [-(-int(b["attention_mask"].sum()) // 128) for b in batches]
     assert padded[0] != padded[1] and len(set(padded)) > 1  # the padded length changes from the 2nd batch on

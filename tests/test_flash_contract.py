@@ -156,23 +156,12 @@ def test_compiled_flash_layers_stop_compiling_after_the_second_batch(stand_in):
     document) recompiles the layer graphs with it symbolic (dynamo's automatic dynamic shapes); after that,
     batches of other token, document and longest-document counts compile nothing, with no graph break, and the
     losses equal eager's. (The GPU check warms up for 12 steps before it counts.)"""
-    import copy
-
-    import torch._dynamo
-    from torch._dynamo.testing import CompileCounterWithBackend
+    from test_compile import compiled_pair
     from torch._dynamo.utils import counters
 
-    from mmbert_train.model import compile_regions
     from mmbert_train.train.testing import packed_batches
 
-    torch._dynamo.reset()
-    counters.clear()
-    config = ModelConfig.preset("tiny", num_hidden_layers=7, attn_backend="flash", loss_chunk_size=64)
-    torch.manual_seed(0)
-    eager = MMBertForMaskedLM(config).train()
-    compiled = copy.deepcopy(eager)
-    backend = CompileCounterWithBackend("inductor")
-    compile_regions(compiled, backend=backend)
+    eager, compiled, backend = compiled_pair("inductor", num_hidden_layers=7, attn_backend="flash")
     batches = packed_batches(8, 4, 96, 512, seed=3, max_docs=8)
     assert len({int(b["doc_lens"].max()) for b in batches}) > 4  # the longest document changes
     frames = []
