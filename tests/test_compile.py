@@ -13,6 +13,7 @@ from test_model import randomize_
 from torch._dynamo.testing import CompileCounterWithBackend
 from torch._dynamo.utils import counters
 
+from mmbert_train.data.packing import collate_rows
 from mmbert_train.model import MMBertForMaskedLM, ModelConfig, compile_regions
 from mmbert_train.train.testing import packed_batches
 
@@ -44,22 +45,13 @@ def compiled_pair(compile_backend: str, train: bool = True, **config):
 
 
 def batch_of_documents(rows: list[list[int]], seq_len: int, vocab: int, seed: int) -> dict[str, torch.Tensor]:
-    """A packed batch whose rows hold documents of the given lengths (30% labelled)."""
+    """A packed batch (the loader's collator) whose rows hold random documents of the given lengths, 30%
+    labelled."""
     gen = torch.Generator().manual_seed(seed)
-    width = max(len(r) for r in rows)
-    batch = {
-        "input_ids": torch.zeros(len(rows), seq_len, dtype=torch.int64),
-        "attention_mask": torch.zeros(len(rows), seq_len, dtype=torch.int64),
-        "labels": torch.full((len(rows), seq_len), -100, dtype=torch.int64),
-        "doc_lens": torch.zeros(len(rows), width, dtype=torch.int32),
-    }
-    for i, lengths in enumerate(rows):
-        n = sum(lengths)
-        batch["input_ids"][i, :n] = torch.randint(5, vocab, (n,), generator=gen)
-        batch["attention_mask"][i, :n] = 1
-        picked = torch.rand(n, generator=gen) < 0.3
-        batch["labels"][i, :n] = torch.where(picked, batch["input_ids"][i, :n], -100)
-        batch["doc_lens"][i, : len(lengths)] = torch.tensor(lengths, dtype=torch.int32)
+    docs = [[torch.randint(5, vocab, (n,), generator=gen).numpy() for n in lengths] for lengths in rows]
+    batch = collate_rows(docs, seq_len)
+    picked = (torch.rand(batch["input_ids"].shape, generator=gen) < 0.3) & batch["attention_mask"].bool()
+    batch["labels"] = torch.where(picked, batch["input_ids"], -100)
     return batch
 
 
