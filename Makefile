@@ -76,8 +76,8 @@ gpu-check: $(STAMP)
 # The lent GPU machines (their own image: Python 3.12, torch 2.11, transformers 5, no network, 64 MiB travel):
 # `make gpu-wheels` fetches into .whl/ the CPython 3.12 wheels of what the check imports and the image lacks
 # (scripts/gpu_wheels.txt, ~20 MiB); there, `bash scripts/gpu_device.sh` installs them and runs the check.
-gpu-wheels:
-	$(PYTHON) scripts/gpu_wheels.py download
+gpu-wheels: $(STAMP)
+	$(PY) scripts/gpu_wheels.py download
 
 # The decay-languages experiment on the UDHR (docs/experiments/decay_languages.md): pretrain -> midtrain -> three
 # decays -> TIES merge for seeds 21, 22, 23 (two at a time), held-out scoring, report + plot. ~15 min per seed on

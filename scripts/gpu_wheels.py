@@ -31,8 +31,14 @@ from importlib import metadata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
+
+from stack_requirements import applies_here, normalise, project_requirements  # noqa: E402
+
+from mmbert_train.processes import pythonpath_with  # noqa: E402
+
 WHEEL_LIST = ROOT / "scripts" / "gpu_wheels.txt"
-DEFAULT_DEST = ROOT / ".whl"  # ignored by git; the device call names it in `carry`
+DEFAULT_DEST = ROOT / ".whl"  # ignored by git; carried to the GPU machine beside the working tree
 MAX_BYTES = 48 * 2**20  # of the 64 MiB that travel; the working tree itself takes ~2 MiB
 PYTHON_VERSION = "3.12"
 PLATFORMS = [f"manylinux_2_{n}_x86_64" for n in (17, 24, 27, 28, 31, 34, 35)] + [
@@ -70,10 +76,6 @@ IMAGE_PACKAGES = frozenset(
 )
 # Imported from the working tree, not installed.
 LOCAL_PACKAGES = frozenset({"mmbert-train"})
-
-
-def normalise(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def read_wheel_list(path: Path = WHEEL_LIST) -> dict[str, str]:
@@ -204,9 +206,7 @@ if os.environ.get("MMBERT_IMPORT_LOG_DIR"):
 """
 
 
-def record(
-    command: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT, stdout=None
-) -> tuple[int, list[str]]:
+def record(command: list[str], cwd: Path = ROOT, stdout=None) -> tuple[int, list[str]]:
     """Run ``command`` (output to ``stdout``, stderr with it; default: inherited); return its exit status and the
     sorted distributions its Python processes imported, as this interpreter's environment maps modules."""
     with tempfile.TemporaryDirectory(prefix="import-record-") as tmp:
@@ -214,9 +214,7 @@ def record(
         hook.mkdir()
         logs.mkdir()
         (hook / "sitecustomize.py").write_text(_SITECUSTOMIZE)
-        env = dict(os.environ if env is None else env)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(hook), env.get("PYTHONPATH", "")) if p)
-        env["MMBERT_IMPORT_LOG_DIR"] = str(logs)
+        env = dict(os.environ, PYTHONPATH=pythonpath_with(hook), MMBERT_IMPORT_LOG_DIR=str(logs))
         stderr = subprocess.STDOUT if stdout is not None else None
         status = subprocess.run(
             command, env=env, cwd=cwd, stdout=stdout, stderr=stderr, check=False
@@ -237,23 +235,7 @@ def _requires(dist: metadata.Distribution) -> list[str]:
     """Normalised names of what ``dist`` requires here (extras and foreign markers left out)."""
     from packaging.requirements import Requirement
 
-    names = []
-    for line in dist.requires or []:
-        req = Requirement(line)
-        if req.marker is None or req.marker.evaluate({"extra": ""}):
-            names.append(normalise(req.name))
-    return names
-
-
-def _project_requirements() -> list[str]:
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10: the copy pip vendors
-        from pip._vendor import tomli as tomllib
-    from packaging.requirements import Requirement
-
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    return [normalise(Requirement(line).name) for line in project["dependencies"]]
+    return [normalise(req.name) for req in map(Requirement, dist.requires or []) if applies_here(req)]
 
 
 def needed(imported: list[str]) -> list[str]:
@@ -267,7 +249,10 @@ def needed(imported: list[str]) -> list[str]:
     installed = {normalise(d.metadata["Name"]): d for d in metadata.distributions()}
     candidates = set(imported) - IMAGE_PACKAGES - LOCAL_PACKAGES
     found: set[str] = set()
-    todo = [name for name in _project_requirements() if name in candidates]
+    from packaging.requirements import Requirement
+
+    todo = [normalise(Requirement(line).name) for line in project_requirements()]
+    todo = [name for name in todo if name in candidates]
     while todo:
         name = todo.pop()
         if name in found:
@@ -314,16 +299,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gpu-wheels: {len(imported)} distributions imported; written to {args.out}")
         return status
     imported = json.loads(args.recorded.read_text())["distributions"]
-    lacking = missing(imported, read_wheel_list())
+    pins = read_wheel_list()
+    need = needed(imported)
+    lacking = [name for name in need if name not in pins]
     if lacking:
         print(
             f"gpu-wheels: needed, but neither in the GPU image nor in {WHEEL_LIST.name}: {', '.join(lacking)}",
             file=sys.stderr,
         )
         return 1
-    print(
-        f"gpu-wheels: the {len(needed(imported))} needed of {len(imported)} imported distributions are provided"
-    )
+    print(f"gpu-wheels: the {len(need)} needed of {len(imported)} imported distributions are provided")
     return 0
 
 

@@ -12,6 +12,7 @@ minus Composer and Streaming (already installed). Every other pin they declare i
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -30,17 +31,30 @@ NO_DEPS = ("mosaicml", "mosaicml-streaming")
 STACK_CHOSEN = ("torch", "torchvision", "transformers")
 
 
-def _name(req: Requirement) -> str:
-    return req.name.lower().replace("_", "-")
+def normalise(name: str) -> str:
+    """A distribution name as PEP 503 compares them (``PyNaCl`` == ``pynacl``, ``ruamel.yaml`` == ``ruamel-yaml``)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def applies_here(req: Requirement) -> bool:
+    """Whether ``req`` is required on this platform without extras (``extra == 'nlp'`` and foreign markers are
+    not)."""
+    return req.marker is None or req.marker.evaluate({"extra": ""})
+
+
+def project_requirements(extras: list[str] = ()) -> list[str]:
+    """This project's requirement strings from pyproject.toml, with those of ``extras``."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = list(project["dependencies"])
+    for extra in extras:
+        declared += project["optional-dependencies"][extra]
+    return declared
 
 
 def requirements(extras: list[str]) -> list[str]:
     """The deduplicated requirement strings, in first-seen order, without markers that do not apply here."""
     skip = {*NO_DEPS, *STACK_CHOSEN}
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    declared = list(project["dependencies"])
-    for extra in extras:
-        declared += project["optional-dependencies"][extra]
+    declared = project_requirements(extras)
     for dist in NO_DEPS:
         try:
             declared += metadata.requires(dist) or []
@@ -49,10 +63,7 @@ def requirements(extras: list[str]) -> list[str]:
     out: list[str] = []
     for line in declared:
         req = Requirement(line)
-        if _name(req) in skip:
-            continue
-        # Drop optional-extra requirements of the dependencies ("extra == 'nlp'") and foreign platforms.
-        if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+        if normalise(req.name) in skip or not applies_here(req):
             continue
         req.marker = None
         text = str(req)
