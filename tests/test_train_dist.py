@@ -44,7 +44,8 @@ trainer:
 eval: {enabled: false}
 """
 
-# Every rank takes its rows of the same global batches (rank_slice) and records the logged (all-reduced) loss.
+# Every rank takes its rows of the same global batches (rank_slice) and records the logged (all-reduced) loss;
+# rank 0 also writes OUT.facts: dynamo's graph and graph-break counts, FSDP units and checkpoint wrappers.
 WORKER = """
 import json, os, sys, time
 from composer.core import Callback
@@ -74,7 +75,7 @@ if rank == 0:
         json.dump(record.losses, handle)
     from torch._dynamo.utils import counters
     names = [type(m).__name__ for m in trainer.state.model.modules()]
-    with open(out + ".dynamo", "w") as handle:
+    with open(out + ".facts", "w") as handle:
         json.dump({"graph_breaks": sum(counters["graph_break"].values()),
                    "graphs": counters["stats"]["unique_graphs"],
                    "checkpoint_wrapped": names.count("CheckpointWrapper"),
@@ -150,7 +151,7 @@ def test_fsdp2_matches_one_process(setup):
     assert len(fsdp_losses) == len(single_losses) == 4
     # Sharded unit by unit: each of the 4 layers, and the rest in the model's root unit (the policy must sit on
     # the ComposerModel's child: Composer ignores it on the ComposerModel itself).
-    units = json.loads((setup / "fsdp.json.dynamo").read_text())["fsdp_units"]
+    units = json.loads((setup / "fsdp.json.facts").read_text())["fsdp_units"]
     assert units == ["FSDPMMBertEncoderLayer"] * 4 + ["FSDPMMBertForMaskedLM"]
     assert fsdp_losses == pytest.approx(single_losses, rel=1e-5)
     # The weights agree to within one update (lr = 3e-3), not to DDP's 1e-5: measured max difference 1e-3, in the
@@ -177,15 +178,15 @@ def test_fsdp2_with_regional_compilation_matches_one_eager_process(setup, activa
     assert losses == pytest.approx(single_losses, rel=1e-4)
     assert not any("_orig_mod" in key for key in weights)
     assert_same_weights(weights, single_weights, rtol=0, atol=3e-3)
-    dynamo = json.loads((setup / "fsdp_compiled.json.dynamo").read_text())
-    assert dynamo["graph_breaks"] == 0
+    facts = json.loads((setup / "fsdp_compiled.json.facts").read_text())
+    assert facts["graph_breaks"] == 0
     # embeddings, layer 0, the other layers (global and local: sdpa's plan carries the window), final norm,
     # head + loss, and the loss chunk compiled inside the loss op. Before the sdpa plans had one signature, 9.
     # Activation checkpointing re-runs each layer graph in backward, where a guard does not hold (it reads the
     # size of a tensor that is None there): one more graph per layer kind, in the first backward, then none.
-    assert dynamo["graphs"] == (8 if activation_checkpointing else 6), dynamo
-    assert dynamo["checkpoint_wrapped"] == (4 if activation_checkpointing else 0)  # tiny: 4 layers
-    assert dynamo["fsdp_units"] == ["FSDPMMBertEncoderLayer"] * 4 + ["FSDPMMBertForMaskedLM"]
+    assert facts["graphs"] == (8 if activation_checkpointing else 6), facts
+    assert facts["checkpoint_wrapped"] == (4 if activation_checkpointing else 0)  # tiny: 4 layers
+    assert facts["fsdp_units"] == ["FSDPMMBertEncoderLayer"] * 4 + ["FSDPMMBertForMaskedLM"]
 
 
 @pytest.mark.slow
